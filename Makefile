@@ -1,0 +1,36 @@
+# xaiclip: set-up, demo, tests, lint, benchmarks. `make demo` and `make test` each install from scratch if needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+XAICLIP := $(VENV)/bin/xaiclip
+export HF_HUB_OFFLINE ?= 1
+export MPLBACKEND ?= Agg
+DEMO_OUT ?= demo_out
+
+.PHONY: install demo test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# Pinned pair: timm needs torchvision, and a mismatched pair fails at import.
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	# medmnist declares torch/torchvision and would swap the pinned build: metadata only, no deps.
+	$(PY) -m pip install -q --no-deps medmnist==3.0.2
+	touch $@
+
+demo: install
+	bash scripts/demo.sh $(XAICLIP) $(DEMO_OUT)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check xaiclip_cli tests benchmarks
+
+bench: install
+	bash benchmarks/run_all.sh $(PY)
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

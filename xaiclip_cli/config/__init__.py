@@ -1,0 +1,1 @@
+"""Settings models: one pydantic-settings model per command group plus the common runtime model."""

@@ -1,0 +1,58 @@
+"""Common runtime settings (device, gpus, seed, threads, output dir, log level) inherited by compute groups."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from xaiclip_cli.config.base import XaiclipSettings
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class RuntimeSettings(XaiclipSettings):
+    """Where and how a command computes: device, GPUs, seed, CPU threads, output folder, log level."""
+
+    device: str = Field("auto", description="Compute device: auto, cpu, cuda, cuda:N or mps (auto = cuda if available).")
+    gpus: list[int] = Field(
+        default_factory=list,
+        description="GPU ids for one worker process each, e.g. 0,1 (empty = one process on --device).",
+    )
+    seed: int = Field(0, description="Random seed (Python, NumPy, torch).")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")
+    output_dir: Path = Field(Path("xaiclip_out"), description="Folder for the command's outputs.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level on stderr.")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        v = value.strip().lower()
+        if not _DEVICE.match(v):
+            raise ValueError(f"unknown device {value!r} (use auto, cpu, cuda, cuda:N or mps)")
+        return v
+
+    @field_validator("gpus")
+    @classmethod
+    def _check_gpus(cls, value: list[int]) -> list[int]:
+        if any(g < 0 for g in value):
+            raise ValueError("GPU ids must be >= 0")
+        if len(set(value)) != len(value):
+            raise ValueError("GPU ids must be unique")
+        return value
+
+
+class ModelSelection(XaiclipSettings):
+    """Which CLIP backend and model to load (mixed into groups that encode or explain)."""
+
+    backend: Literal["toy", "checkpoint", "hf", "conceptclip"] = Field(
+        "toy", description="Model family: toy (shipped), checkpoint (xaiclip train clip export), hf, conceptclip."
+    )
+    model: str | None = Field(
+        None,
+        description="Model: toy-vit|toy-cnn for toy, a checkpoint dir, or a Hugging Face hub id / local dir "
+        "(conceptclip default JerrryNie/ConceptCLIP).",
+    )
+    revision: str | None = Field(None, description="Hub revision (commit) to load; conceptclip has a pinned default.")

@@ -1,0 +1,60 @@
+"""The data-source interface: every source yields (uint8 HWC image, label, split, source index, optional mask)."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Sample:
+    """One image of a source split, as uint8 HWC (grey images are HxWx1)."""
+
+    image: np.ndarray
+    label: int
+    split: str
+    index: int
+    mask: np.ndarray | None = None
+    path: str | None = None
+    text: str | None = None
+
+
+@dataclass
+class SourceInfo:
+    """Provenance of a source: what it is, which file, its MD5, image size, class names."""
+
+    kind: str
+    ref: str
+    file: str | None = None
+    md5: str | None = None
+    image_size: int | None = None
+    class_names: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DataSource(abc.ABC):
+    """A dataset split into train/val/test with random access by (split, index within split)."""
+
+    @abc.abstractmethod
+    def split_sizes(self) -> dict[str, int]:
+        """Number of samples per split, keys in ``SPLITS`` order (missing splits have 0)."""
+
+    @abc.abstractmethod
+    def get(self, split: str, index: int) -> Sample:
+        """The sample at position ``index`` of ``split`` (source order)."""
+
+    @abc.abstractmethod
+    def info(self) -> SourceInfo:
+        """Provenance and class names."""
+
+    def get_many(self, split: str, indices: list[int]) -> list[Sample]:
+        """Several samples of one split; sources override this for vectorised reads."""
+        return [self.get(split, i) for i in indices]
+
+    def __len__(self) -> int:
+        return sum(self.split_sizes().values())

@@ -1,0 +1,1 @@
+"""CLIP backends behind one protocol (see base.ClipBackend) and a registry by name."""
