@@ -153,7 +153,7 @@ def _common_params() -> list[inspect.Parameter]:
     kw = inspect.Parameter.KEYWORD_ONLY
     return [
         inspect.Parameter("config", kw, annotation=Optional[Path], default=typer.Option(
-            None, "--config", "-c", help="YAML settings file (flags and XAICLIP_<GROUP>__<FIELD> env vars win over it).")),
+            None, "--config", "-c", help="YAML settings file (flags and XAICLIP_<GROUP>__<FIELD> env vars win).")),
         inspect.Parameter("set", kw, annotation=Optional[list[str]], default=typer.Option(
             None, "--set", help="Override any setting: --set key=value (dotted keys for sections).")),
         inspect.Parameter("print_config", kw, annotation=bool, default=typer.Option(

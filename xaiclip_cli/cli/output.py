@@ -130,7 +130,8 @@ def _records_table(title: str, rows: list[dict[str, Any]]) -> Table:
 def result_tables(result: BaseModel) -> list[Table]:
     """Render a result model generically: scalars as one key/value table, each list of records as its own table."""
     data = result.model_dump(mode="json")
-    title = getattr(result, "table_title", None) or (type(result).__doc__ or type(result).__name__).strip().splitlines()[0]
+    doc = (type(result).__doc__ or type(result).__name__).strip().splitlines()[0]
+    title = getattr(result, "table_title", None) or doc
     scalars = Table(title=escape(title), title_justify="left", show_header=False)
     scalars.add_column("field", style="bold")
     scalars.add_column("value")

@@ -17,7 +17,7 @@ from xaiclip_cli.errors import UsageError
 GROUPS = ("store", "db", "cam", "attrib", "eval", "train")
 
 # The YAML layer of the current resolution; a context variable so that concurrent resolutions never mix files.
-_YAML_LAYER: ContextVar[dict[str, Any]] = ContextVar("xaiclip_yaml_layer", default={})
+_YAML_LAYER: ContextVar[dict[str, Any] | None] = ContextVar("xaiclip_yaml_layer", default=None)
 
 
 def _is_sequence_annotation(annotation: Any) -> bool:
@@ -70,7 +70,7 @@ class _YamlLayerSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_YAML_LAYER.get())
+        return dict(_YAML_LAYER.get() or {})
 
 
 class XaiclipSettings(_ListSplitting, BaseSettings):

@@ -16,7 +16,9 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 class RuntimeSettings(XaiclipSettings):
     """Where and how a command computes: device, GPUs, seed, CPU threads, output folder, log level."""
 
-    device: str = Field("auto", description="Compute device: auto, cpu, cuda, cuda:N or mps (auto = cuda if available).")
+    device: str = Field(
+        "auto", description="Compute device: auto, cpu, cuda, cuda:N or mps (auto = cuda if available)."
+    )
     gpus: list[int] = Field(
         default_factory=list,
         description="GPU ids for one worker process each, e.g. 0,1 (empty = one process on --device).",
