@@ -22,6 +22,7 @@ class Sample:
     mask: np.ndarray | None = None
     path: str | None = None
     text: str | None = None
+    targets: np.ndarray | None = None  # multi-label rows (label is then -1)
 
 
 @dataclass
