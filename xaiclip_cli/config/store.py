@@ -1,0 +1,60 @@
+"""Settings of the `store` group (store text, store image, store merge): one model, every option of the group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from xaiclip_cli.config.base import group_config
+from xaiclip_cli.config.common import ModelSelection, RuntimeSettings
+
+
+class StoreSettings(ModelSelection, RuntimeSettings):
+    """Where the feature library lives, what goes in it and how it is written."""
+
+    group: ClassVar[str] = "store"
+    model_config = group_config("store")
+
+    h5: Path = Field(Path("xaiclip_features.h5"), description="Feature library file (the index file when sharded).")
+    # --- inputs ---
+    dataset: str = Field(
+        "toycells",
+        description="Images: toycells, medmnist:<flag>, folder:<dir> or csv:<file>.",
+    )
+    size: int | None = Field(None, ge=1, description="MedMNIST image size (28, 64, 128, 224); default 28.")
+    data_root: Path | None = Field(None, description="Folder holding MedMNIST npz files (default ~/.medmnist).")
+    download: bool = Field(False, description="Download a missing MedMNIST file (needs internet).")
+    prompts: str = Field("toycells", description="Prompt set: toycells, bloodmnist or a YAML file.")
+    # --- layout ---
+    layout: Literal["sharded", "single"] = Field(
+        "sharded", description="sharded: index file + immutable parts (crash-safe); single: one self-contained file."
+    )
+    part_rows: int = Field(1024, ge=1, description="Rows per part file in the sharded layout.")
+    tokens: bool = Field(True, description="Store token features (image_token_features, text_token_features).")
+    cls_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="dtype of image_features (float16 for seed parity)."
+    )
+    batch_size: int = Field(32, ge=1, description="Images (or prompts) per model call.")
+    max_length: int | None = Field(None, ge=1, description="Text token length (default: the backend's, 77).")
+    # --- behaviour ---
+    overwrite: bool = Field(False, description="Delete an existing, incompatible store and start over.")
+    space_check: bool = Field(True, description="Refuse to start when the disk lacks room for the unwritten rows.")
+    check_source: bool = Field(False, description="Re-hash the input images of written rows against image_hash.")
+    only: list[str] = Field(
+        default_factory=list,
+        description="Template groups to (re)write, e.g. concept_prompts_t01,label_prompts_t02 (default: all).",
+    )
+    clear: bool = Field(False, description="Delete every template group before writing.")
+    force: bool = Field(False, description="Rewrite template groups even when their texts and model are unchanged.")
+    materialize: Path | None = Field(
+        None, description="store merge: also write a self-contained single-file copy to this path."
+    )
+
+    @field_validator("dataset", "prompts")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()

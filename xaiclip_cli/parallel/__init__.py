@@ -1,0 +1,1 @@
+"""Parallel work: shard planning, rank/world from the environment, one process per GPU."""

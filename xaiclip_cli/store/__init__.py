@@ -1,0 +1,1 @@
+"""HDF5 feature store: layout, resumable writer (store text/image/merge), reader."""

@@ -1,0 +1,476 @@
+"""The image stage: plan rows, load + preprocess in a prefetch thread, encode, commit batches from a writer thread.
+
+Batches are aligned to fixed row ranges inside each row file, so a resumed run encodes exactly the batches an
+uninterrupted run would (same composition → same values) and only those not yet committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from xaiclip_cli.errors import UsageError, XaiclipError
+from xaiclip_cli.store import layout as L
+from xaiclip_cli.store.index import check_model, check_plan, prepare_root, remove_store, safe_refresh_index
+from xaiclip_cli.store.provenance import StoreIdentity, identity_from_backend
+from xaiclip_cli.store.results import StoreImageResult
+from xaiclip_cli.store.writer import (
+    Batch,
+    commit_batch,
+    create_row_datasets,
+    open_h5,
+    refresh_counts,
+    replace_file,
+    set_attrs,
+    try_open,
+    writer_thread,
+)
+
+log = logging.getLogger("xaiclip.store")
+
+Advance = Callable[[int], None]
+
+
+@dataclass
+class ImageOptions:
+    """How to write: target, layout, batch and part sizes, dtypes, safety switches, this process's rank."""
+
+    h5: Path
+    layout: str = "sharded"
+    part_rows: int = L.DEFAULT_PART_ROWS
+    batch_size: int = 32
+    cls_dtype: str = "float32"
+    tokens: bool = True
+    overwrite: bool = False
+    space_check: bool = True
+    check_source: bool = False
+    rank: int = 0
+    world: int = 1
+    manage_index: bool = True  # False for ranks of a multi-process run: only merge touches the index
+    dataset_ref: str | None = None
+    queue_size: int = 3
+
+
+@dataclass
+class RowFile:
+    """One file of rows [row_start, row_stop): a part (renamed when complete) or the single store."""
+
+    path: Path
+    final: Path | None
+    row_start: int
+    row_stop: int
+    pending: list[tuple[int, int]] = field(default_factory=list)  # local [a, b) batches still to encode
+    index: int = -1  # part number, -1 for a single store
+    handle: h5py.File | None = None
+
+    @property
+    def n(self) -> int:
+        """Rows in the file."""
+        return self.row_stop - self.row_start
+
+
+def source_attrs(source: Any, ref: str | None) -> dict[str, Any]:
+    """Root attrs describing the input: `dataset` (JSON name), file, MD5, source image size."""
+    info = source.info()
+    name = info.extra.get("flag") or info.extra.get("name") if isinstance(info.extra, dict) else None
+    if not name:
+        r = info.ref or ref or info.kind
+        name = r.split(":", 1)[1] if r.startswith("medmnist:") else r
+    return {
+        "dataset": L.json_attr(str(name)),
+        "dataset_ref": str(ref or info.ref or ""),
+        "dataset_file": str(info.file or ""),
+        "dataset_md5": str(info.md5 or ""),
+        "source_image_size": int(info.image_size or -1),
+        "class_names": L.json_attr(list(info.class_names or [])),
+    }
+
+
+def probe_backend(backend: Any, tokens: bool, cls_dtype: str) -> StoreIdentity:
+    """Run one blank image through the model to learn D and T; returns the store identity."""
+    import torch
+
+    size = int(backend.image_size)
+    blank = np.zeros((size, size, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        g, tok = backend.encode_image(backend.preprocess([blank]))
+    has_tokens = bool(tokens and tok is not None)
+    if tokens and tok is None:
+        log.warning("backend %s returns no image tokens; storing CLS features only", backend.name)
+    n_tokens = int(tok.shape[1]) if tok is not None else -1
+    if int(g.shape[-1]) != int(backend.embed_dim):
+        raise XaiclipError(f"backend {backend.name}: features have width {g.shape[-1]}, embed_dim says "
+                           f"{backend.embed_dim}")
+    return identity_from_backend(backend, cls_dtype=cls_dtype, has_tokens=has_tokens, n_tokens=n_tokens)
+
+
+def _part_attrs(identity: StoreIdentity, plan: L.Plan, k: int, src: dict[str, Any]) -> dict[str, Any]:
+    a, b = plan.part_range(k)
+    return {**identity.image_attrs(), **src, "layout": "sharded", "row_start": a, "row_stop": b,
+            "n_written": 0, "complete": False, "plan": L.json_attr(plan.to_json()),
+            "provenance": L.json_attr(identity.provenance), "part_rows": plan.part_rows, "n_rows": plan.n_rows}
+
+
+def _create_part(path: Path, identity: StoreIdentity, plan: L.Plan, k: int, src: dict[str, Any]) -> None:
+    a, b = plan.part_range(k)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        create_row_datasets(f, b - a, identity.embed_dim, identity.n_tokens, identity.cls_dtype,
+                            identity.has_tokens)
+        set_attrs(f, _part_attrs(identity, plan, k, src))
+        f.flush()
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Contiguous [a, b) runs of True in a boolean vector."""
+    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.nonzero(d == 1)[0].tolist(), np.nonzero(d == -1)[0].tolist(), strict=True))
+
+
+def _salvage_part(partial: Path, identity: StoreIdentity, plan: L.Plan, k: int, src: dict[str, Any]) -> np.ndarray:
+    """Copy the committed rows of a part left by a killed run into a fresh file; returns its written mask.
+
+    A file whose writer was killed may open yet refuse new writes (its end-of-allocation was never flushed), so
+    the committed rows are carried over to a new file instead of appending in place.
+    """
+    fresh = partial.with_name(partial.name + ".tmp")
+    _create_part(fresh, identity, plan, k, src)
+    try:
+        with h5py.File(partial, "r") as old, h5py.File(fresh, "r+") as new:
+            written = old[L.WRITTEN][...].astype(bool)
+            for a, b in _runs(written):
+                for name in L.ROW_DATASETS:
+                    if name in old and name in new and name != L.WRITTEN:
+                        data = old[name][a:b]
+                        new[name][a:b] = np.array(L.str_list(data), dtype=object) if name == L.SPLIT else data
+            new.flush()
+            new[L.WRITTEN][...] = written
+            new.attrs["n_written"] = int(written.sum())
+            new.flush()
+    except (OSError, KeyError, RuntimeError, ValueError):
+        log.warning("part %s could not be read back (killed mid-write); redoing it", partial)
+        written = np.zeros(plan.part_range(k)[1] - plan.part_range(k)[0], dtype=bool)
+        _create_part(fresh, identity, plan, k, src)
+    os.replace(fresh, partial)
+    return written
+
+
+def _batches(n: int, bs: int, written: np.ndarray) -> list[tuple[int, int]]:
+    """Aligned batches [a, b) of a file of n rows; those with any unwritten row."""
+    out = []
+    for a in range(0, n, bs):
+        b = min(a + bs, n)
+        if not bool(written[a:b].all()):
+            out.append((a, b))
+    return out
+
+
+def _plan_parts(opts: ImageOptions, plan: L.Plan, identity: StoreIdentity, src: dict[str, Any]) -> tuple[
+        list[RowFile], int]:
+    """Row files this rank must work on (opening/repairing parts) and the number of rows already done."""
+    fp = identity.fingerprint()
+    files: list[RowFile] = []
+    done = 0
+    for k in range(plan.n_parts)[opts.rank::opts.world]:
+        a, b = plan.part_range(k)
+        final, partial = L.part_path(opts.h5, k), L.part_path(opts.h5, k, partial=True)
+        if final.exists():
+            f = try_open(final)
+            if f is not None:
+                with f:
+                    if L.decode_str(f.attrs.get("fingerprint", "")) != fp:
+                        raise UsageError(f"{final} was written with another model or settings; "
+                                         "pass --overwrite or another --h5")
+                    ok = bool(f.attrs.get("complete", False)) and int(np.count_nonzero(f[L.WRITTEN][...])) == b - a
+                if ok:
+                    done += b - a
+                    continue
+            log.warning("part %s is damaged or incomplete; redoing it", final)
+            final.unlink()
+        written = None
+        if partial.exists():
+            f = try_open(partial)
+            if f is None:
+                log.warning("part %s would not open (killed mid-write); redoing it", partial)
+                partial.unlink()
+            else:
+                with f:
+                    if L.decode_str(f.attrs.get("fingerprint", "")) != fp:
+                        raise UsageError(f"{partial} was written with another model or settings; "
+                                         "pass --overwrite or another --h5")
+                written = _salvage_part(partial, identity, plan, k, src)
+        if written is None:
+            _create_part(partial, identity, plan, k, src)
+            written = np.zeros(b - a, dtype=bool)
+        done += int(np.count_nonzero(written))
+        files.append(RowFile(partial, final, a, b, _batches(b - a, opts.batch_size, written), index=k))
+    return files, done
+
+
+def _plan_single(opts: ImageOptions, plan: L.Plan) -> tuple[list[RowFile], int]:
+    with open_h5(opts.h5, "r") as f:
+        written = f[L.WRITTEN][...]
+    rf = RowFile(opts.h5, None, 0, plan.n_rows, _batches(plan.n_rows, opts.batch_size, written))
+    return [rf], int(np.count_nonzero(written))
+
+
+def _check_space(opts: ImageOptions, identity: StoreIdentity, unwritten: int) -> None:
+    need = int(unwritten * L.row_bytes(identity.embed_dim, identity.n_tokens, identity.cls_dtype,
+                                       identity.has_tokens) * 1.05)
+    free = shutil.disk_usage(opts.h5.parent if opts.h5.parent.exists() else Path(".")).free
+    if need > free:
+        raise XaiclipError(f"not enough disk space for {opts.h5}: {unwritten} rows need {need / 1e9:.2f} GB, "
+                           f"{free / 1e9:.2f} GB free; free space, use --no-tokens, or pass --no-space-check")
+
+
+def _load_rows(source: Any, plan: L.Plan, rows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray,
+                                                                      np.ndarray]:
+    """Images, labels, split codes and source indices of global rows (grouped per split for get_many)."""
+    codes, idx = plan.row_source(rows)
+    images: list[np.ndarray] = [None] * len(rows)  # type: ignore[list-item]
+    labels = np.full(len(rows), -1, dtype=np.int64)
+    for s in L.SPLITS:
+        sel = np.nonzero(codes == L.SPLIT_CODES[s])[0]
+        if len(sel) == 0:
+            continue
+        samples = source.get_many(s, [int(i) for i in idx[sel]])
+        for j, smp in zip(sel, samples, strict=True):
+            images[j] = np.asarray(smp.image)
+            labels[j] = -1 if smp.label is None else int(smp.label)
+    return images, labels, codes, idx
+
+
+def _row_files_of_rank(opts: ImageOptions, plan: L.Plan) -> list[tuple[Path, int]]:
+    """(existing file, first row) of every row file of this rank, finished or not."""
+    if opts.layout == "single":
+        return [(opts.h5, 0)]
+    out = []
+    for k in range(plan.n_parts)[opts.rank::opts.world]:
+        for p in (L.part_path(opts.h5, k), L.part_path(opts.h5, k, partial=True)):
+            if p.exists():
+                out.append((p, plan.part_range(k)[0]))
+                break
+    return out
+
+
+def _check_source(source: Any, plan: L.Plan, opts: ImageOptions) -> None:
+    """--check-source: re-hash the images of written rows; refuse when any differs."""
+    bad, first = 0, None
+    for path, row_start in _row_files_of_rank(opts, plan):
+        with open_h5(path, "r") as f:
+            written = f[L.WRITTEN][...]
+            hashes = f[L.IMAGE_HASH][...]
+            sidx = f[L.SOURCE_INDEX][...]
+        local = np.nonzero(written)[0]
+        for a in range(0, len(local), 256):
+            sel = local[a:a + 256]
+            rows = sel + row_start
+            images, _, _, idx = _load_rows(source, plan, rows)
+            for j, img in enumerate(images):
+                if not np.array_equal(L.image_hash(img), hashes[sel[j]]) or int(sidx[sel[j]]) != int(idx[j]):
+                    bad += 1
+                    first = int(rows[j]) if first is None else first
+    if bad:
+        raise XaiclipError(f"{opts.h5}: {bad} written rows no longer match their source images (first row {first}); "
+                           "the input changed: pass --overwrite to re-encode")
+
+
+class _Prefetcher:
+    """Background thread: loads images, hashes them and runs backend.preprocess for the next batches."""
+
+    def __init__(self, jobs: Iterator[tuple[RowFile, int, int]], source: Any, plan: L.Plan, backend: Any,
+                 depth: int = 2) -> None:
+        self._jobs, self._source, self._plan, self._backend = jobs, source, plan, backend
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="xaiclip-prefetch", daemon=True)
+        self.thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for rf, a, b in self._jobs:
+                if self.stop.is_set():
+                    return
+                rows = np.arange(rf.row_start + a, rf.row_start + b, dtype=np.int64)
+                images, labels, codes, idx = _load_rows(self._source, self._plan, rows)
+                hashes = np.stack([L.image_hash(im) for im in images])
+                pixels = self._backend.preprocess(images)
+                if not self._put((rf, a, b, pixels, rows, labels, codes, idx, hashes)):
+                    return
+            self._put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+            self._put(exc)
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop producing and wait for the thread."""
+        self.stop.set()
+        while self.thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self.q.get_nowait()
+            self.thread.join(timeout=0.05)
+
+
+def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Advance | None = None) -> StoreImageResult:
+    """Encode every unwritten row of ``source`` into the store at ``opts.h5``; resumable and idempotent."""
+    import torch
+
+    t0 = time.perf_counter()
+    opts.h5 = Path(opts.h5)
+    if opts.layout not in L.LAYOUTS:
+        raise UsageError(f"unknown layout {opts.layout!r} (sharded or single)")
+    if opts.layout == "single" and opts.world > 1:
+        raise UsageError("--layout single cannot be written by several processes; use --layout sharded")
+    sizes = source.split_sizes()
+    plan = L.Plan({s: int(sizes.get(s, 0)) for s in L.SPLITS}, opts.part_rows)
+    if plan.n_rows == 0:
+        raise UsageError(f"dataset {opts.dataset_ref or ''} has no images".replace("  ", " "))
+    identity = probe_backend(backend, opts.tokens, opts.cls_dtype)
+    src = source_attrs(source, opts.dataset_ref)
+    if opts.overwrite and opts.manage_index:
+        remove_store(opts.h5)
+    opts.h5.parent.mkdir(parents=True, exist_ok=True)
+    if opts.manage_index:
+        prepare_root(opts.h5, plan, identity, opts.layout, src)
+    elif opts.h5.exists():
+        f = try_open(opts.h5)
+        if f is not None:
+            with f:
+                check_model(f, opts.h5, identity, rows=True)
+                if L.WRITTEN in f:
+                    check_plan(f, opts.h5, plan, opts.layout, src)
+
+    if opts.layout == "sharded":
+        if opts.manage_index:
+            safe_refresh_index(opts.h5, plan, fingerprint=identity.fingerprint())  # parts finished by an earlier run
+        files, done_before = _plan_parts(opts, plan, identity, src)
+    else:
+        files, done_before = _plan_single(opts, plan)
+    if opts.check_source:
+        _check_source(source, plan, opts)
+    todo_rows = sum(b - a for rf in files for a, b in rf.pending)
+    if opts.space_check and todo_rows:
+        _check_space(opts, identity, todo_rows)
+    mine = sum(rf.n for rf in files) if opts.layout == "sharded" else plan.n_rows
+
+    written_now = 0
+    lock = threading.Lock()
+
+    def commit(rf: RowFile, batch: Batch, last: bool) -> None:
+        nonlocal written_now
+        if rf.handle is None:
+            rf.handle = open_h5(rf.path, "r+")
+        n = commit_batch(rf.handle, batch)
+        if rf.final is None:  # single store: the seed counters are refreshed per batch
+            refresh_counts(rf.handle)
+            rf.handle.flush()
+        with lock:
+            written_now += batch.n
+        if advance is not None:
+            advance(batch.n)
+        if last and rf.final is not None:
+            if n != rf.n:
+                raise XaiclipError(f"{rf.path}: {n} of {rf.n} rows written after its last batch")
+            rf.handle.attrs["complete"] = True
+            rf.handle.flush()
+            rf.handle.close()
+            rf.handle = None
+            replace_file(rf.path, rf.final)
+            if opts.manage_index:
+                safe_refresh_index(opts.h5, plan, parts=[rf.index], fingerprint=identity.fingerprint())
+
+    def jobs() -> Iterator[tuple[RowFile, int, int]]:
+        for rf in files:
+            for a, b in rf.pending:
+                yield rf, a, b
+
+    last_batch = {id(rf): rf.pending[-1] for rf in files if rf.pending}
+    # A part whose rows were all written by a killed run but never renamed only needs finishing.
+    for rf in files:
+        if not rf.pending and rf.final is not None:
+            with open_h5(rf.path, "r+") as f:
+                f.attrs["complete"] = True
+            replace_file(rf.path, rf.final)
+            if opts.manage_index:
+                safe_refresh_index(opts.h5, plan, parts=[rf.index], fingerprint=identity.fingerprint())
+
+    prefetch = _Prefetcher(jobs(), source, plan, backend) if todo_rows else None
+    cls_np = np.dtype(opts.cls_dtype)
+    try:
+        with writer_thread(opts.queue_size) as writer:
+            if prefetch is not None:
+                for rf, a, b, pixels, rows, labels, codes, idx, hashes in prefetch:
+                    with torch.inference_mode():
+                        g, tok = backend.encode_image(pixels)
+                    cls = g.float().cpu().numpy().astype(cls_np, copy=False)
+                    toks = tok.to(torch.float16).cpu().numpy() if (identity.has_tokens and tok is not None) else None
+                    batch = Batch(a, b, cls, toks, rows, labels, codes, idx.astype(np.int32), hashes)
+                    is_last = last_batch.get(id(rf)) == (a, b)
+                    writer.submit(lambda rf=rf, batch=batch, is_last=is_last: commit(rf, batch, is_last))
+    except OSError as exc:
+        raise XaiclipError(f"writing {opts.h5} failed: {exc.strerror or exc}; the store is resumable: fix the cause "
+                           "and rerun the same command") from exc
+    finally:
+        if prefetch is not None:
+            prefetch.close()
+        for rf in files:
+            if rf.handle is not None:
+                try:
+                    rf.handle.flush()
+                    rf.handle.close()
+                except Exception:  # noqa: BLE001 - closing after a failure must not mask it
+                    pass
+                rf.handle = None
+
+    if opts.manage_index:
+        if opts.layout == "sharded":
+            safe_refresh_index(opts.h5, plan, fingerprint=identity.fingerprint())
+        else:
+            with open_h5(opts.h5, "r+") as f:
+                refresh_counts(f)
+                f.flush()
+        with open_h5(opts.h5, "r") as f:
+            n_done = int(f.attrs["n_written"])
+        complete = n_done == plan.n_rows
+    else:
+        n_done = done_before + written_now
+        complete = n_done == mine
+    parts_complete = sum(1 for k in range(plan.n_parts) if L.part_path(opts.h5, k).exists()) \
+        if opts.layout == "sharded" else (1 if complete else 0)
+    secs = time.perf_counter() - t0
+    return StoreImageResult(
+        h5=str(opts.h5), layout=opts.layout, rows_total=plan.n_rows, rows_written=written_now,
+        rows_skipped=done_before, rows_done=n_done, complete=complete, seconds=round(secs, 3),
+        images_per_s=round(written_now / secs, 2) if secs > 0 else 0.0,
+        parts_total=plan.n_parts if opts.layout == "sharded" else 1, parts_complete=parts_complete,
+        rank=opts.rank, world=opts.world,
+    )

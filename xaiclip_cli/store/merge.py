@@ -1,0 +1,187 @@
+"""store merge: check parts against the plan (fingerprint, complete, counts), rebuild the index, single copy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from xaiclip_cli.errors import PartialFailure, UsageError
+from xaiclip_cli.store import layout as L
+from xaiclip_cli.store.index import ensure_skeleton, read_meta, refresh_index, write_meta
+from xaiclip_cli.store.results import PartRow, StoreMergeResult
+from xaiclip_cli.store.writer import create_feature_vds, create_row_datasets, open_h5, set_attrs, try_open
+
+log = logging.getLogger("xaiclip.store")
+
+# Part attrs that describe the whole store and are copied to a new index.
+_ROOT_FROM_PART = tuple(a for a in (*L.PROVENANCE_ATTRS, *L.SEED_ROOT_ATTRS, "dataset_ref", "class_names")
+                        if a not in ("n_written", "split_counts", "created_at"))
+
+
+def _any_part(h5: Path) -> Path | None:
+    pdir = L.parts_dir(h5)
+    if not pdir.is_dir():
+        return None
+    for p in sorted(pdir.glob("part-*.h5")) + sorted(pdir.glob("part-*.h5" + L.PART_PARTIAL_SUFFIX)):
+        f = try_open(p)
+        if f is not None:
+            f.close()
+            return p
+    return None
+
+
+def create_index_from_part(h5: Path, part: Path) -> L.Plan:
+    """Build a sharded index (rows, VDS, attrs, meta) from the attrs one part carries (multi-node runs)."""
+    with open_h5(part, "r") as pf:
+        attrs = {k: pf.attrs[k] for k in _ROOT_FROM_PART if k in pf.attrs}
+        plan = L.Plan.from_json(L.decode_str(pf.attrs["plan"]))
+        prov = json.loads(L.decode_str(pf.attrs.get("provenance", "{}")))
+        d = int(pf.attrs["D"])
+        has_tokens = bool(pf.attrs.get("has_tokens", L.IMAGE_TOKENS in pf))
+        t = int(pf.attrs.get("T_img", -1))
+        cls_dtype = str(pf[L.IMAGE_FEATURES].dtype)
+    tmp = h5.with_name(h5.name + L.PART_PARTIAL_SUFFIX)
+    with h5py.File(tmp, "w") as f:
+        ensure_skeleton(f)
+        create_row_datasets(f, plan.n_rows, d, t, cls_dtype, has_tokens, features=False)
+        create_feature_vds(f, h5, plan, d, t, cls_dtype, has_tokens)
+        set_attrs(f, attrs)
+        set_attrs(f, {"layout": "sharded", "n_rows": plan.n_rows, "n_written": 0})
+        write_meta(f, L.META_PLAN, plan.to_json())
+        write_meta(f, L.META_PROVENANCE, prov)
+        write_meta(f, L.META_PROCESSOR, prov.get("processor_config", {}) if isinstance(prov, dict) else {})
+    tmp.replace(h5)
+    return plan
+
+
+def materialize(h5: Path, out: Path, overwrite: bool = False) -> Path:
+    """Write a self-contained single-layout copy of a sharded store (temp name, then rename)."""
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} exists; pass --overwrite to replace it")
+    if out.resolve() == h5.resolve():
+        raise UsageError("--materialize must name a file other than --h5")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + L.PART_PARTIAL_SUFFIX)
+    with open_h5(h5, "r") as src, h5py.File(tmp, "w") as dst:
+        plan = L.Plan.from_json(read_meta(src, L.META_PLAN))
+        for k, v in src.attrs.items():
+            dst.attrs[k] = v
+        dst.attrs["layout"] = "single"
+        for name in (L.TEMPLATES, L.META):
+            if name in src:
+                src.copy(src[name], dst, name=name)
+        d = int(src.attrs["D"])
+        has_tokens = L.IMAGE_TOKENS in src
+        t = int(src[L.IMAGE_TOKENS].shape[1]) if has_tokens else None
+        create_row_datasets(dst, plan.n_rows, d, t, str(src[L.IMAGE_FEATURES].dtype), has_tokens)
+        for name in L.SMALL_COLUMNS:
+            data = src[name][...]
+            if name == L.SPLIT:
+                data = np.array(L.str_list(data), dtype=object)
+            dst[name][...] = data
+        for k in range(plan.n_parts):
+            a, b = plan.part_range(k)
+            part = L.part_path(h5, k)
+            if not part.exists():
+                continue
+            with open_h5(part, "r") as pf:
+                for name in L.FEATURE_DATASETS:
+                    if name in dst:
+                        dst[name][a:b] = pf[name][...]
+    tmp.replace(out)
+    return out
+
+
+def merge_store(h5: str | Path, materialize_to: str | Path | None = None, overwrite: bool = False) -> StoreMergeResult:
+    """Check every planned part and rebuild the index's small columns, n_written and split_counts (rerunnable)."""
+    t0 = time.perf_counter()
+    h5 = Path(h5)
+    index_ok = h5.exists() and try_open(h5) is not None
+    if index_ok:
+        with open_h5(h5, "r") as f:
+            if "schema_version" not in f.attrs:
+                raise UsageError(f"{h5} is not an xaiclip store (no schema_version attr)")
+            layout = L.decode_str(f.attrs.get("layout", ""))
+            plan_json = read_meta(f, L.META_PLAN)
+            fp = L.decode_str(f.attrs.get("fingerprint", "")) or None
+        if layout == "single":
+            raise UsageError(f"{h5} is a single-file store; nothing to merge")
+    else:
+        plan_json, fp = None, None
+    if plan_json is None:
+        part = _any_part(h5)
+        if part is None:
+            raise UsageError(f"no store at {h5} and no parts in {L.parts_dir(h5)}; run store image first")
+        if h5.exists() and not index_ok:
+            damaged = h5.with_name(h5.name + ".damaged")
+            h5.replace(damaged)
+            log.warning("index %s would not open; moved to %s and rebuilt (rerun store text)", h5, damaged)
+        if h5.exists():
+            # A text-only store: add the rows to it.
+            _add_rows_from_part(h5, part)
+            with open_h5(h5, "r") as f:
+                plan = L.Plan.from_json(read_meta(f, L.META_PLAN))
+        else:
+            plan = create_index_from_part(h5, part)
+        with open_h5(h5, "r") as f:
+            fp = L.decode_str(f.attrs.get("fingerprint", "")) or None
+    else:
+        plan = L.Plan.from_json(plan_json)
+    # A finished part written by another model/settings is a user error, not a missing part.
+    for k in range(plan.n_parts):
+        p = L.part_path(h5, k)
+        f = try_open(p) if p.exists() else None
+        if f is not None:
+            with f:
+                if fp is not None and L.decode_str(f.attrs.get("fingerprint", "")) != fp:
+                    raise UsageError(f"{p} was written with another model or settings than {h5}; "
+                                     "delete it or rerun store image with --overwrite")
+    statuses = refresh_index(h5, plan, fingerprint=fp)
+    with open_h5(h5, "r") as f:
+        n_done = int(f.attrs["n_written"])
+        counts = L.read_json_attr(f.attrs, "split_counts", {})
+    rows = [PartRow(part=k, rows=plan.part_range(k)[1] - plan.part_range(k)[0],
+                    n_written=(plan.part_range(k)[1] - plan.part_range(k)[0]) if st == "complete" else 0, status=st)
+            for k, st in statuses.items()]
+    n_complete = sum(1 for st in statuses.values() if st == "complete")
+    out = None
+    if materialize_to is not None:
+        out = str(materialize(h5, Path(materialize_to), overwrite=overwrite))
+    result = StoreMergeResult(
+        h5=str(h5), rows_total=plan.n_rows, rows_done=n_done, parts_total=plan.n_parts, parts_complete=n_complete,
+        complete=n_done == plan.n_rows, split_counts=counts, materialized=out,
+        seconds=round(time.perf_counter() - t0, 3), parts=rows,
+    )
+    if n_complete < plan.n_parts:
+        bad = [f"{L.part_name(k)} ({st})" for k, st in statuses.items() if st != "complete"]
+        raise PartialFailure(f"merged {n_complete} of {plan.n_parts} parts of {h5}; not finished: "
+                             f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; rerun store image to finish")
+    return result
+
+
+def _add_rows_from_part(h5: Path, part: Path) -> None:
+    """Give a text-only index the row datasets and attrs described by a part."""
+    with open_h5(part, "r") as pf:
+        attrs: dict[str, Any] = {k: pf.attrs[k] for k in _ROOT_FROM_PART if k in pf.attrs}
+        plan = L.Plan.from_json(L.decode_str(pf.attrs["plan"]))
+        prov = json.loads(L.decode_str(pf.attrs.get("provenance", "{}")))
+        d, t = int(pf.attrs["D"]), int(pf.attrs.get("T_img", -1))
+        has_tokens = L.IMAGE_TOKENS in pf
+        cls_dtype = str(pf[L.IMAGE_FEATURES].dtype)
+    with open_h5(h5, "r+") as f:
+        if "model_fingerprint" in f.attrs and L.decode_str(f.attrs["model_fingerprint"]) != \
+                L.decode_str(attrs.get("model_fingerprint", "")):
+            raise UsageError(f"{part} was written with another model than the templates of {h5}")
+        ensure_skeleton(f)
+        create_row_datasets(f, plan.n_rows, d, t, cls_dtype, has_tokens, features=False)
+        create_feature_vds(f, h5, plan, d, t, cls_dtype, has_tokens)
+        set_attrs(f, attrs)
+        set_attrs(f, {"layout": "sharded", "n_rows": plan.n_rows, "n_written": 0})
+        write_meta(f, L.META_PLAN, plan.to_json())
+        write_meta(f, L.META_PROVENANCE, prov)
