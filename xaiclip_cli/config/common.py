@@ -13,8 +13,8 @@ from xaiclip_cli.config.base import XaiclipSettings
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-class RuntimeSettings(XaiclipSettings):
-    """Where and how a command computes: device, GPUs, seed, CPU threads, output folder, log level."""
+class ComputeSettings(XaiclipSettings):
+    """Where and how a command computes: device, GPUs, seed, CPU threads, log level (no output folder)."""
 
     device: str = Field(
         "auto", description="Compute device: auto, cpu, cuda, cuda:N or mps (auto = cuda if available)."
@@ -25,7 +25,6 @@ class RuntimeSettings(XaiclipSettings):
     )
     seed: int = Field(0, description="Random seed (Python, NumPy, torch).")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")
-    output_dir: Path = Field(Path("xaiclip_out"), description="Folder for the command's outputs.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level on stderr.")
 
     @field_validator("device")
@@ -44,6 +43,12 @@ class RuntimeSettings(XaiclipSettings):
         if len(set(value)) != len(value):
             raise ValueError("GPU ids must be unique")
         return value
+
+
+class RuntimeSettings(ComputeSettings):
+    """The common runtime model: compute settings plus the folder a command writes its outputs to."""
+
+    output_dir: Path = Field(Path("xaiclip_out"), description="Folder for the command's outputs.")
 
 
 class ModelSelection(XaiclipSettings):
