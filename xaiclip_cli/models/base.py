@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -35,6 +36,23 @@ class ClipBackend(abc.ABC):
     def __init__(self) -> None:
         self.device = torch.device("cpu")
         self.dtype = torch.float32
+        self.amp: bool | None = None  # None: bf16 autocast on CUDA only; False: never
+        self.amp_dtype: torch.dtype | None = None
+
+    def _place(self, module: nn.Module, device: str | torch.device, dtype: torch.dtype | None = None) -> None:
+        """Move ``module`` to ``device`` (and ``dtype``) and decide bf16 autocast: on CUDA unless ``amp=False``."""
+        self.device = torch.device(device)
+        module.to(self.device) if dtype is None else module.to(self.device, dtype)
+        if dtype is not None:
+            self.dtype = dtype
+        use_amp = self.device.type == "cuda" and self.amp is not False
+        self.amp_dtype = torch.bfloat16 if use_amp else None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context of this backend's forward passes (a no-op without AMP)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # --- facts -----------------------------------------------------------------------------------------------
     @property

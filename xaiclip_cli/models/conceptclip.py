@@ -8,7 +8,6 @@ carries ``logit_bias`` (≈ −11.16), exposed raw and added to "logit" scores (
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -85,18 +84,8 @@ class ConceptCLIPBackend(ClipBackend):
     # placement
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> ConceptCLIPBackend:
         """Move the model; bf16 autocast is used on CUDA unless ``amp=False`` was given."""
-        self.device = torch.device(device)
-        self.model.to(self.device) if dtype is None else self.model.to(self.device, dtype)
-        if dtype is not None:
-            self.dtype = dtype
-        use_amp = self.device.type == "cuda" if self.amp is None else (self.amp and self.device.type == "cuda")
-        self.amp_dtype = torch.bfloat16 if use_amp else None
+        self._place(self.model, device, dtype)
         return self
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def vision_module(self) -> nn.Module:
         """``model.visual`` (open_clip TimmModel); CAM's default layer inside it is ``trunk.norm``."""
@@ -119,7 +108,7 @@ class ConceptCLIPBackend(ClipBackend):
     # features
     def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(``encode_image(px, normalize=True)[0]`` [B,D], ``image_proj(tokens)`` [B,T,D]), float32."""
-        with self._autocast():
+        with self.autocast():
             cls, tokens = self.model.encode_image(pixels.to(self.device, self.dtype), normalize=True)
             tokens = self.model.image_proj(tokens)
         # Re-normalise in fp32: a no-op in fp32, keeps unit norms to 1e-6 after bf16 autocast.
@@ -127,7 +116,7 @@ class ConceptCLIPBackend(ClipBackend):
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(``encode_text(ids, normalize=True)[0]`` [K,D], ``text_proj(tokens)`` [K,L,D]); pads are masked inside."""
-        with self._autocast():
+        with self.autocast():
             cls, tokens = self.model.encode_text(ids.to(self.device), normalize=True)
             tokens = self.model.text_proj(tokens)
         return F.normalize(cls.float(), dim=-1), tokens.float()

@@ -191,18 +191,8 @@ class HFClipBackend(ClipBackend):
     # facts / placement
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> HFClipBackend:
         """Move the model; bf16 autocast is used on CUDA unless ``amp=False`` was given."""
-        self.device = torch.device(device)
-        self.model.to(self.device) if dtype is None else self.model.to(self.device, dtype)
-        if dtype is not None:
-            self.dtype = dtype
-        use_amp = self.device.type == "cuda" if self.amp is None else (self.amp and self.device.type == "cuda")
-        self.amp_dtype = torch.bfloat16 if use_amp else None
+        self._place(self.model, device, dtype)
         return self
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def vision_module(self) -> nn.Module:
         """``model.vision_model`` (CLIP: hook ``encoder.layers[-1].layer_norm1``; SigLIP: ``post_layernorm``)."""
@@ -224,7 +214,7 @@ class HFClipBackend(ClipBackend):
     def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(normalised pooled projection [B,D], projected patch tokens [B,h*w,D]; CLIP's CLS removed)."""
         vm = self.model.vision_model
-        with self._autocast():
+        with self.autocast():
             out = vm(pixel_values=pixels.to(self.device, self.dtype), return_dict=True)
             hidden = out.last_hidden_state
             if self.model_type == "clip":
@@ -239,7 +229,7 @@ class HFClipBackend(ClipBackend):
         """(normalised text embedding [K,D], projected token states [K,L,D]). SigLIP ignores the mask (as trained)."""
         tm = self.model.text_model
         ids = ids.to(self.device)
-        with self._autocast():
+        with self.autocast():
             if self.model_type == "clip":
                 out = tm(input_ids=ids, attention_mask=mask.to(self.device), return_dict=True)
                 pooled = self.model.text_projection(out.pooler_output)
