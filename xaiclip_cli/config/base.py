@@ -121,6 +121,7 @@ def load_yaml_layer(path: str | Path, group: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"config file {p}: expected a mapping of settings, got {type(data).__name__}")
+    data.pop("provenance", None)  # best-hparams files carry where they came from; not a setting
     sections = [k for k in data if k in GROUPS]
     if sections:
         others = [k for k in data if k not in GROUPS]

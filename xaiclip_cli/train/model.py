@@ -1,0 +1,134 @@
+"""Build timm classifiers (pretrained auto/true/false or a local file), freeze stages, rebuild from checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from xaiclip_cli.errors import UsageError, XaiclipError
+
+log = logging.getLogger("xaiclip.train")
+
+ALIASES = {"swin_t": "swin_tiny_patch4_window7_224", "swin-t": "swin_tiny_patch4_window7_224"}
+
+
+def timm_name(name: str) -> str:
+    """The timm model name for a user-facing name (``swin_t`` -> ``swin_tiny_patch4_window7_224``)."""
+    return ALIASES.get(name, name)
+
+
+def _create(name: str, pretrained: bool, num_classes: int, in_chans: int, image_size: int,
+            pretrained_path: Path | None) -> nn.Module:
+    import timm
+
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans}
+    if pretrained_path is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_path)}
+    try:
+        cfg = timm.get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - unknown names fail below with timm's own message
+        cfg = None
+    if cfg is not None and getattr(cfg, "fixed_input_size", False) and cfg.input_size[-1] != image_size:
+        kwargs["img_size"] = image_size
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    image_size: int,
+    pretrained: str = "auto",
+    pretrained_path: Path | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[nn.Module, bool]:
+    """``timm.create_model`` with the pretrained policy; returns (model, pretrained weights loaded)."""
+    import timm
+
+    arch = timm_name(name)
+    if not timm.is_model(arch):
+        raise UsageError(f"model.name {name!r} is not a timm model; see timm.list_models()")
+    if pretrained_path is not None and not Path(pretrained_path).is_file():
+        raise UsageError(f"model.pretrained_path {pretrained_path} not found")
+    want = pretrained == "true" or pretrained_path is not None
+    if pretrained == "false" and pretrained_path is None:
+        return _create(arch, False, num_classes, in_chans, image_size, None), False
+    try:
+        return _create(arch, True, num_classes, in_chans, image_size, pretrained_path), True
+    except Exception as exc:  # noqa: BLE001 - offline hub errors come in many types
+        if want:
+            raise XaiclipError(
+                f"pretrained weights for {arch} could not be loaded ({type(exc).__name__}); "
+                "pass --pretrained-path FILE or --pretrained false"
+            ) from exc
+        (warn or log.warning)(f"pretrained weights for {arch} unavailable ({type(exc).__name__}); from scratch")
+        return _create(arch, False, num_classes, in_chans, image_size, None), False
+
+
+def stage_names(model: nn.Module, k: int) -> list[str]:
+    """Submodules frozen by ``freeze_stages k``: stem + first k stages (ResNet, Swin, ConvNeXt-like layouts)."""
+    children = dict(model.named_children())
+    if "layer1" in children:
+        stem = [n for n in ("conv1", "bn1") if n in children]
+        stages = [f"layer{i}" for i in range(1, 5) if f"layer{i}" in children]
+    elif "patch_embed" in children and "layers" in children:
+        stem, stages = ["patch_embed"], [f"layers.{i}" for i in range(len(model.layers))]
+    elif "stem" in children and "stages" in children:
+        stem, stages = ["stem"], [f"stages.{i}" for i in range(len(model.stages))]
+    else:
+        raise UsageError(f"model.freeze_stages is not supported for {type(model).__name__}; use 0")
+    if k > len(stages):
+        raise UsageError(f"model.freeze_stages {k} > {len(stages)} stages of {type(model).__name__}")
+    return stem + stages[:k]
+
+
+def freeze_stages(model: nn.Module, k: int) -> list[str]:
+    """Freeze stem + first k stages with their BatchNorm statistics (timm ``freeze``); returns the names."""
+    if k <= 0:
+        return []
+    from timm.utils.model import freeze
+
+    names = stage_names(model, k)
+    freeze(model, names, include_bn_running_stats=True)
+    return names
+
+
+def model_meta(model_name: str, num_classes: int, in_chans: int, image_size: int, mean: list[float],
+               std: list[float], class_names: list[str], multi_label: bool, freeze: int,
+               pretrained_loaded: bool) -> dict[str, Any]:
+    """What a checkpoint embeds so that other commands rebuild the model from it alone."""
+    c = in_chans
+    return {"arch": timm_name(model_name), "model_name": model_name, "num_classes": num_classes, "in_chans": in_chans,
+            "image_size": image_size, "mean": list(mean) * (c if len(mean) == 1 else 1),
+            "std": list(std) * (c if len(std) == 1 else 1), "class_names": list(class_names),
+            "multi_label": multi_label, "freeze_stages": freeze, "pretrained_loaded": pretrained_loaded}
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by `train fit` (tensors and plain Python only)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"checkpoint {p} not found")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise XaiclipError(f"checkpoint {p} could not be read ({type(exc).__name__}); is it from `train fit`?") from exc
+
+
+def model_from_checkpoint(ckpt: dict[str, Any] | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the classifier from checkpoint metadata and load its weights (eval mode)."""
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    meta = ckpt.get("meta")
+    if not meta:
+        raise XaiclipError("checkpoint has no 'meta' block; it was not written by `xaiclip train fit`")
+    model, _ = build_model(meta["arch"], meta["num_classes"], meta["in_chans"], meta["image_size"], "false")
+    freeze_stages(model, int(meta.get("freeze_stages", 0)))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, meta
