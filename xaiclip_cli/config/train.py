@@ -145,6 +145,14 @@ class ExperimentSettings(Section):
     )
     overwrite: bool = Field(False, description="Replace existing outputs.")
 
+    @field_validator("best_hparams_dir", "resume", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        # Path("") would be "." (the current folder): an empty string or "none" means off.
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+            return None
+        return value
+
 
 class SplitSettings(Section):
     """Outputs of `train split`."""
