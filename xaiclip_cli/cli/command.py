@@ -141,7 +141,9 @@ def _typer_param(path: str, info: FieldInfo, argument: bool) -> inspect.Paramete
     elif ann in (int, float):
         py_type = Optional[ann]
     elif ann is Path:
-        py_type = Optional[Path]
+        # Kept as text: Typer would turn "" into Path("."), and the model's validators must see what was typed.
+        py_type = Optional[str]
+        kwargs["metavar"] = "PATH"
     else:
         py_type = Optional[str]
     return inspect.Parameter(
