@@ -40,6 +40,18 @@ def test_text_image_merge_json_and_config(tmp_path: Path, fake: None) -> None:
     assert m["complete"] and m["split_counts"] == {"train": 5, "val": 2, "test": 3}
     with h5py.File(h5, "r") as f:
         assert len(f["templates"]) == 3 and int(f.attrs["n_written"]) == 10
+    v = _ok(["db", "verify", "--h5", h5, "--require-complete", "--full"])  # fake labels fit the prompt set
+    assert v["ok"] and v["n_errors"] == 0
+
+
+def test_store_options_have_no_unused_seed_or_output_dir() -> None:
+    from xaiclip_cli.config.store import StoreSettings
+
+    assert "seed" not in StoreSettings.model_fields and "output_dir" not in StoreSettings.model_fields
+    r = runner.invoke(app, ["store", "image", "--seed", "3"])
+    assert r.exit_code == 2
+    r = runner.invoke(app, ["store", "image", "--limit", "0"])
+    assert r.exit_code == 2 and "limit" in r.stderr
 
 
 def test_refusals_are_one_line_exit_2(tmp_path: Path, fake: None) -> None:

@@ -170,7 +170,7 @@ def patch_jobs(monkeypatch: Any = None, sizes: dict[str, int] | None = None, del
         return FakeBackend(delay=delay, revision=s.revision or "r1")
 
     def _prompts(ref: str) -> dict[str, Any]:
-        return {"name": ref, "labels": ["alpha", "beta"], "label_templates": ["a {} cell", "an image of {}"],
+        return {"name": ref, "labels": ["alpha", "beta", "gamma"], "label_templates": ["a {} cell", "an image of {}"],
                 "concepts": ["round", "dark", "big"], "concept_templates": ["cell with {}"]}
 
     for name, fn in (("open_dataset", _source), ("load_model", _model), ("open_prompts", _prompts)):

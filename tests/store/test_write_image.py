@@ -100,16 +100,16 @@ def test_complete_store_is_a_noop(tmp_path: Path) -> None:
 
 
 def _fail_after(monkeypatch: pytest.MonkeyPatch, n_ok: int) -> None:
-    real = W.write_batch_columns
+    real = W.RowWriter.write_columns
     calls = {"n": 0}
 
-    def flaky(f, batch, names):
+    def flaky(self, batch, names):
         calls["n"] += 1
         if calls["n"] > n_ok:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(f, batch, names)
+        real(self, batch, names)
 
-    monkeypatch.setattr(W, "write_batch_columns", flaky)
+    monkeypatch.setattr(W.RowWriter, "write_columns", flaky)
 
 
 @pytest.mark.parametrize("layout", ["sharded", "single"])
@@ -121,7 +121,7 @@ def test_disk_full_leaves_a_valid_resumable_store(tmp_path: Path, monkeypatch: p
     with monkeypatch.context() as m:
         _fail_after(m, 2)
         with pytest.raises(XaiclipError, match="No space left|resumable") as ei:
-            _run(h5, layout=layout)
+            _run(h5, layout=layout, commit_rows=1)  # commit every batch: two commits succeed, the third fails
         assert ei.value.exit_code == 1
     rows = read_rows(h5)  # still opens; committed rows are consistent
     w = rows["written"]
@@ -187,7 +187,7 @@ def test_damaged_partial_part_is_redone(tmp_path: Path, monkeypatch: pytest.Monk
     with monkeypatch.context() as m:
         _fail_after(m, 1)  # part 0: batch [0,3) committed, [3,4) failed
         with pytest.raises(XaiclipError):
-            _run(h5)
+            _run(h5, commit_rows=1)
     partial = L.part_path(h5, 0, partial=True)
     assert partial.exists()
     partial.write_bytes(b"garbage")  # as if killed while HDF5 metadata was half written

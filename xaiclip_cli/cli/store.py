@@ -15,7 +15,7 @@ from xaiclip_cli.config.store import StoreSettings
 app = group_app("Encode prompts and images with a CLIP-style model into an HDF5 feature library.")
 
 _MODEL = ["backend", "model", "revision"]
-_RUNTIME = ["device", "threads", "seed", "log_level"]
+_RUNTIME = ["device", "threads", "log_level"]
 
 
 def _save(s: StoreSettings, stage: str) -> str:
@@ -45,23 +45,23 @@ def text(s: StoreSettings, ctx: RunContext) -> BaseModel | None:
 
 
 @settings_command(app, StoreSettings, name="image", fields=[
-    "h5", *_MODEL, "dataset", "size", "data_root", "download", "layout", "part_rows", "tokens", "cls_dtype",
-    "batch_size", "overwrite", "space_check", "check_source", "gpus", *_RUNTIME, "output_dir",
+    "h5", *_MODEL, "dataset", "size", "data_root", "download", "limit", "layout", "part_rows", "tokens", "cls_dtype",
+    "batch_size", "overwrite", "space_check", "check_source", "gpus", *_RUNTIME,
 ])
 def image(s: StoreSettings, ctx: RunContext) -> BaseModel | None:
     """Encode every image of a dataset into the store: CLS features, token features and row columns.
 
     Resumable: a killed run restarted with the same command writes only the missing rows; a complete store is a
-    no-op. --gpus 0,1 runs one worker per GPU and merges; under torchrun/SLURM each rank writes its own parts
-    (run `xaiclip store merge` afterwards). The settings are saved as <h5>.image.config.yaml beside the store.
-    (--output-dir is not used by store commands; the store lives at --h5.)
+    no-op. --limit N keeps the first N images of each split (a quick look; rerunning without it needs --overwrite).
+    --gpus 0,1 runs one worker per GPU and merges (with --device cpu: CPU worker processes, for testing); under
+    torchrun/SLURM each rank writes its own parts (run `xaiclip store merge` afterwards). The settings are saved as
+    <h5>.image.config.yaml beside the store. A reader holding the store open makes the writer wait up to 10 s.
     """
     from xaiclip_cli.parallel.ranks import rank_from_env
     from xaiclip_cli.store.jobs import run_store_image
 
     Path(s.h5).parent.mkdir(parents=True, exist_ok=True)
-    with ctx.progress(None, f"store image → {s.h5}", unit="img") as advance:
-        result = run_store_image(s, advance)
+    result = run_store_image(s, lambda total: ctx.progress(total, f"store image → {s.h5}", unit="img"))
     if rank_from_env().rank == 0:
         result.config = _save(s, "image")
     result.warnings = list(ctx.warnings)

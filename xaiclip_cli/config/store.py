@@ -8,14 +8,17 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator
 
 from xaiclip_cli.config.base import group_config
-from xaiclip_cli.config.common import ModelSelection, RuntimeSettings
+from xaiclip_cli.config.common import ComputeSettings, ModelSelection
 
 
-class StoreSettings(ModelSelection, RuntimeSettings):
+class StoreSettings(ModelSelection, ComputeSettings):
     """Where the feature library lives, what goes in it and how it is written."""
 
     group: ClassVar[str] = "store"
     model_config = group_config("store")
+    # Encoding is deterministic (eval-mode forward, fixed row order): a seed would change nothing, so the
+    # inherited `seed` field is dropped (a ClassVar removes it from the model) instead of offering a no-op --seed.
+    seed: ClassVar[int] = 0
 
     h5: Path = Field(Path("xaiclip_features.h5"), description="Feature library file (the index file when sharded).")
     # --- inputs ---
@@ -26,6 +29,9 @@ class StoreSettings(ModelSelection, RuntimeSettings):
     size: int | None = Field(None, ge=1, description="MedMNIST image size (28, 64, 128, 224); default 28.")
     data_root: Path | None = Field(None, description="Folder holding MedMNIST npz files (default ~/.medmnist).")
     download: bool = Field(False, description="Download a missing MedMNIST file (needs internet).")
+    limit: int | None = Field(
+        None, ge=1, description="Encode only the first N images of each split (quick runs; a store keeps its limit)."
+    )
     prompts: str = Field("toycells", description="Prompt set: toycells, bloodmnist or a YAML file.")
     # --- layout ---
     layout: Literal["sharded", "single"] = Field(

@@ -7,6 +7,7 @@ uninterrupted run would (same composition → same values) and only those not ye
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -28,7 +29,8 @@ from xaiclip_cli.store.provenance import StoreIdentity, identity_from_backend
 from xaiclip_cli.store.results import StoreImageResult
 from xaiclip_cli.store.writer import (
     Batch,
-    commit_batch,
+    RowWriter,
+    StoreLockedError,
     create_row_datasets,
     open_h5,
     refresh_counts,
@@ -41,6 +43,7 @@ from xaiclip_cli.store.writer import (
 log = logging.getLogger("xaiclip.store")
 
 Advance = Callable[[int], None]
+ProgressFactory = Callable[[int | None], contextlib.AbstractContextManager[Advance]]  # total rows -> bar's advance
 
 
 @dataclass
@@ -61,6 +64,8 @@ class ImageOptions:
     manage_index: bool = True  # False for ranks of a multi-process run: only merge touches the index
     dataset_ref: str | None = None
     queue_size: int = 3
+    commit_rows: int = 256  # commit (flush + written mask) at least every this many rows ...
+    commit_seconds: float = 1.0  # ... or this often, and at the end of every row file
 
 
 @dataclass
@@ -74,6 +79,9 @@ class RowFile:
     pending: list[tuple[int, int]] = field(default_factory=list)  # local [a, b) batches still to encode
     index: int = -1  # part number, -1 for a single store
     handle: h5py.File | None = None
+    writer: RowWriter | None = None
+    group: list[Batch] = field(default_factory=list)  # encoded batches not yet committed (tokens on disk)
+    group_started: float = 0.0
 
     @property
     def n(self) -> int:
@@ -95,6 +103,7 @@ def source_attrs(source: Any, ref: str | None) -> dict[str, Any]:
         "dataset_md5": str(info.md5 or ""),
         "source_image_size": int(info.image_size or -1),
         "class_names": L.json_attr(list(info.class_names or [])),
+        "dataset_limit": info.extra.get("limit") if isinstance(info.extra, dict) else None,  # --limit, if any
     }
 
 
@@ -340,8 +349,13 @@ class _Prefetcher:
             self.thread.join(timeout=0.05)
 
 
-def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Advance | None = None) -> StoreImageResult:
-    """Encode every unwritten row of ``source`` into the store at ``opts.h5``; resumable and idempotent."""
+def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Advance | None = None,
+                    progress: ProgressFactory | None = None) -> StoreImageResult:
+    """Encode every unwritten row of ``source`` into the store at ``opts.h5``; resumable and idempotent.
+
+    ``advance(n)`` is told of committed rows; or ``progress(total)`` opens a bar once the number of unwritten
+    rows is known and yields the ``advance`` to use.
+    """
     import torch
 
     t0 = time.perf_counter()
@@ -359,8 +373,9 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
     if opts.overwrite and opts.manage_index:
         remove_store(opts.h5)
     opts.h5.parent.mkdir(parents=True, exist_ok=True)
+    created = False
     if opts.manage_index:
-        prepare_root(opts.h5, plan, identity, opts.layout, src)
+        created = prepare_root(opts.h5, plan, identity, opts.layout, src)
     elif opts.h5.exists():
         f = try_open(opts.h5)
         if f is not None:
@@ -370,8 +385,9 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
                     check_plan(f, opts.h5, plan, opts.layout, src)
 
     if opts.layout == "sharded":
-        if opts.manage_index:
-            safe_refresh_index(opts.h5, plan, fingerprint=identity.fingerprint())  # parts finished by an earlier run
+        # Parts finished by an earlier run enter the index now (nothing to do for a new index and no parts).
+        if opts.manage_index and (not created or any(L.part_path(opts.h5, k).exists() for k in range(plan.n_parts))):
+            safe_refresh_index(opts.h5, plan, fingerprint=identity.fingerprint())
         files, done_before = _plan_parts(opts, plan, identity, src)
     else:
         files, done_before = _plan_single(opts, plan)
@@ -386,27 +402,51 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
     lock = threading.Lock()
 
     def commit(rf: RowFile, batch: Batch, last: bool) -> None:
+        # Writer thread. Tokens go to disk at once; CLS, small columns and the written mask are committed per
+        # group (commit_rows rows / commit_seconds / the file's last batch): fewer small HDF5 writes and flushes,
+        # and a kill loses at most one group, which the next run redoes.
         nonlocal written_now
-        if rf.handle is None:
+        if rf.handle is None or rf.writer is None:
             rf.handle = open_h5(rf.path, "r+")
-        n = commit_batch(rf.handle, batch)
-        if rf.final is None:  # single store: the seed counters are refreshed per batch
+            rf.writer = RowWriter(rf.handle)
+            rf.group_started = time.monotonic()
+        if batch.tokens is not None:
+            rf.writer.write_tokens(batch.start, batch.tokens)
+            batch.tokens = None
+        rf.group.append(batch)
+        rows = sum(b.n for b in rf.group)
+        if not (last or rows >= opts.commit_rows or time.monotonic() - rf.group_started >= opts.commit_seconds):
+            return
+        n = rf.writer.commit(rf.group)
+        rf.group, rf.group_started = [], time.monotonic()
+        if rf.final is None:  # single store: the seed counters are refreshed per commit
             refresh_counts(rf.handle)
             rf.handle.flush()
         with lock:
-            written_now += batch.n
+            written_now += rows
         if advance is not None:
-            advance(batch.n)
+            advance(rows)
         if last and rf.final is not None:
             if n != rf.n:
                 raise XaiclipError(f"{rf.path}: {n} of {rf.n} rows written after its last batch")
             rf.handle.attrs["complete"] = True
             rf.handle.flush()
             rf.handle.close()
-            rf.handle = None
+            rf.handle = rf.writer = None
             replace_file(rf.path, rf.final)
             if opts.manage_index:
-                safe_refresh_index(opts.h5, plan, parts=[rf.index], fingerprint=identity.fingerprint())
+                refresh_part(rf.index)
+
+    index_stale = False
+
+    def refresh_part(k: int) -> None:
+        # Best effort: a reader holding the index must not stall the writer; the final refresh catches up.
+        nonlocal index_stale
+        try:
+            safe_refresh_index(opts.h5, plan, parts=[k], fingerprint=identity.fingerprint(), wait=0.0)
+        except StoreLockedError:
+            index_stale = True
+            log.info("index %s is open in another process; part %d enters it at the end of the run", opts.h5, k)
 
     def jobs() -> Iterator[tuple[RowFile, int, int]]:
         for rf in files:
@@ -421,27 +461,44 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
                 f.attrs["complete"] = True
             replace_file(rf.path, rf.final)
             if opts.manage_index:
-                safe_refresh_index(opts.h5, plan, parts=[rf.index], fingerprint=identity.fingerprint())
+                refresh_part(rf.index)
 
-    prefetch = _Prefetcher(jobs(), source, plan, backend) if todo_rows else None
     cls_np = np.dtype(opts.cls_dtype)
+
+    def host_batch(a: int, b: int, g: Any, tok: Any, rows: np.ndarray, labels: np.ndarray, codes: np.ndarray,
+                   idx: np.ndarray, hashes: np.ndarray) -> Batch:
+        # Runs in the writer thread: the fp16 cast and device->host copy overlap the next forward, and the model
+        # loop never waits for a copy (on a GPU .cpu() blocks only this thread until the kernels finish).
+        with torch.inference_mode():
+            cls = g.float().cpu().numpy().astype(cls_np, copy=False)
+            toks = tok.to(torch.float16).cpu().numpy() if tok is not None else None
+        return Batch(a, b, cls, toks, rows, labels, codes, idx.astype(np.int32), hashes)
+
+    def job(rf: RowFile, a: int, b: int, g: Any, tok: Any, meta: tuple[np.ndarray, ...]) -> None:
+        commit(rf, host_batch(a, b, g, tok, *meta), last_batch.get(id(rf)) == (a, b))
+
+    bar = contextlib.ExitStack()
+    if progress is not None and todo_rows:
+        advance = bar.enter_context(progress(todo_rows))
+    prefetch = _Prefetcher(jobs(), source, plan, backend) if todo_rows else None
+    device = getattr(backend, "device", None)
     try:
         with writer_thread(opts.queue_size) as writer:
             if prefetch is not None:
                 for rf, a, b, pixels, rows, labels, codes, idx, hashes in prefetch:
+                    if device is not None and isinstance(pixels, torch.Tensor):
+                        pixels = pixels.to(device, non_blocking=True)
                     with torch.inference_mode():
                         g, tok = backend.encode_image(pixels)
-                    cls = g.float().cpu().numpy().astype(cls_np, copy=False)
-                    toks = tok.to(torch.float16).cpu().numpy() if (identity.has_tokens and tok is not None) else None
-                    batch = Batch(a, b, cls, toks, rows, labels, codes, idx.astype(np.int32), hashes)
-                    is_last = last_batch.get(id(rf)) == (a, b)
-                    writer.submit(lambda rf=rf, batch=batch, is_last=is_last: commit(rf, batch, is_last))
+                    tok = tok if identity.has_tokens else None
+                    writer.submit(functools.partial(job, rf, a, b, g, tok, (rows, labels, codes, idx, hashes)))
     except OSError as exc:
         raise XaiclipError(f"writing {opts.h5} failed: {exc.strerror or exc}; the store is resumable: fix the cause "
                            "and rerun the same command") from exc
     finally:
         if prefetch is not None:
             prefetch.close()
+        bar.close()
         for rf in files:
             if rf.handle is not None:
                 try:
@@ -449,11 +506,12 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
                     rf.handle.close()
                 except Exception:  # noqa: BLE001 - closing after a failure must not mask it
                     pass
-                rf.handle = None
+                rf.handle = rf.writer = None
 
     if opts.manage_index:
         if opts.layout == "sharded":
-            safe_refresh_index(opts.h5, plan, fingerprint=identity.fingerprint())
+            if index_stale:  # some part could not enter the index while a reader held it: wait for it now
+                safe_refresh_index(opts.h5, plan, fingerprint=identity.fingerprint())
         else:
             with open_h5(opts.h5, "r+") as f:
                 refresh_counts(f)

@@ -16,6 +16,7 @@ from xaiclip_cli.errors import UsageError, XaiclipError
 from xaiclip_cli.store import layout as L
 from xaiclip_cli.store.provenance import StoreIdentity
 from xaiclip_cli.store.writer import (
+    StoreLockedError,
     create_feature_vds,
     create_row_datasets,
     open_h5,
@@ -67,10 +68,10 @@ def read_meta(f: h5py.File, name: str, default: Any = None) -> Any:
 def check_model(f: h5py.File, path: Path, identity: StoreIdentity, *, rows: bool) -> None:
     """Refuse (exit 2) a store of another schema or model; ``rows`` also compares the image-stage fingerprint."""
     attrs = f.attrs
-    schema = L.decode_str(attrs["schema_version"]) if "schema_version" in attrs else None
+    schema = L.decode_str(attrs[L.SCHEMA_ATTR]) if L.SCHEMA_ATTR in attrs else None
     if schema is None:
         if L.IMAGE_FEATURES in f or L.TEMPLATES in f:
-            raise UsageError(f"{path} is not an xaiclip store (no schema_version attr); "
+            raise UsageError(f"{path} is not an xaiclip store (no {L.SCHEMA_ATTR} attr); "
                              "pass --overwrite or another --h5")
         return
     if schema != L.SCHEMA_VERSION:
@@ -192,10 +193,13 @@ def part_status(path: Path, k: int, plan: L.Plan, fingerprint: str | None) -> tu
 
 
 def refresh_index(path: Path, plan: L.Plan, parts: list[int] | None = None,
-                  fingerprint: str | None = None) -> dict[int, str]:
-    """Rebuild the index small columns of ``parts`` (default all) from the finished part files; update counts."""
+                  fingerprint: str | None = None, wait: float | None = None) -> dict[int, str]:
+    """Rebuild the index small columns of ``parts`` (default all) from the finished part files; update counts.
+
+    ``wait``: seconds to wait for another process's lock on the index (default writer.LOCK_WAIT_S).
+    """
     statuses: dict[int, str] = {}
-    with open_h5(path, "r+") as index:
+    with open_h5(path, "r+", wait=wait) as index:
         fp = fingerprint or L.decode_str(index.attrs.get("fingerprint", "")) or None
         for k in (range(plan.n_parts) if parts is None else parts):
             status, pf = part_status(path, k, plan, fp)
@@ -235,10 +239,12 @@ def rebuild_index(path: Path) -> None:
 
 
 def safe_refresh_index(path: Path, plan: L.Plan, parts: list[int] | None = None,
-                       fingerprint: str | None = None) -> dict[int, str]:
-    """refresh_index, rebuilding the index first when a killed run left it unwritable."""
+                       fingerprint: str | None = None, wait: float | None = None) -> dict[int, str]:
+    """refresh_index, rebuilding the index first when a killed run left it unwritable (never when merely locked)."""
     try:
-        return refresh_index(path, plan, parts, fingerprint)
+        return refresh_index(path, plan, parts, fingerprint, wait)
+    except StoreLockedError:
+        raise  # held by another process, not damaged: never rebuild under a reader
     except (OSError, RuntimeError, XaiclipError) as exc:
         log.warning("index %s could not be updated (%s); rebuilding it from its parts", path,
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

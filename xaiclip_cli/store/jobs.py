@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 from xaiclip_cli.errors import PartialFailure, UsageError, XaiclipError
 from xaiclip_cli.parallel.ranks import RankInfo, rank_from_env
-from xaiclip_cli.store.image import ImageOptions, run_image_stage
+from xaiclip_cli.store.image import ImageOptions, ProgressFactory, run_image_stage
 from xaiclip_cli.store.results import StoreImageResult, StoreTextResult
 
 log = logging.getLogger("xaiclip.store")
@@ -17,20 +18,24 @@ log = logging.getLogger("xaiclip.store")
 Advance = Callable[[int], None]
 
 
-def setup_torch(threads: int | None, seed: int = 0) -> None:
-    """Thread count and seed for this process."""
+def setup_torch(threads: int | None) -> None:
+    """CPU thread count for this process (encoding is deterministic: no seed)."""
     import torch
 
     if threads:
         torch.set_num_threads(int(threads))
-    torch.manual_seed(int(seed))
 
 
 def open_dataset(s: Any) -> Any:
-    """The DataSource named by --dataset (data/refs.py)."""
+    """The DataSource named by --dataset (data/refs.py), capped by --limit."""
     from xaiclip_cli.data.refs import open_source
 
-    return open_source(s.dataset, size=s.size, data_root=s.data_root, download=s.download)
+    source = open_source(s.dataset, size=s.size, data_root=s.data_root, download=s.download)
+    if getattr(s, "limit", None):
+        from xaiclip_cli.store.subset import HeadSource
+
+        source = HeadSource(source, int(s.limit))
+    return source
 
 
 def open_prompts(ref: str) -> Any:
@@ -66,12 +71,12 @@ def image_options(s: Any, rank: RankInfo, manage_index: bool) -> ImageOptions:
 
 
 def run_image_rank(s: Any, rank: RankInfo, device: str, advance: Advance | None,
-                   manage_index: bool) -> StoreImageResult:
+                   manage_index: bool, progress: ProgressFactory | None = None) -> StoreImageResult:
     """One process's share of store image."""
-    setup_torch(s.threads, s.seed)
+    setup_torch(s.threads)
     source = open_dataset(s)
     backend = load_model(s, device)
-    return run_image_stage(source, backend, image_options(s, rank, manage_index), advance)
+    return run_image_stage(source, backend, image_options(s, rank, manage_index), advance, progress)
 
 
 def image_worker(payload: dict[str, Any], rank: int, world: int, device: str, advance: Advance) -> dict[str, Any]:
@@ -83,13 +88,18 @@ def image_worker(payload: dict[str, Any], rank: int, world: int, device: str, ad
     return res.model_dump(mode="json")
 
 
-def run_store_image(s: Any, advance: Advance | None = None) -> StoreImageResult:
-    """store image: a local spawn over --gpus (then merge), a rank of torchrun/SLURM, or one process."""
+def run_store_image(s: Any, progress: ProgressFactory | None = None) -> StoreImageResult:
+    """store image: a local spawn over --gpus (then merge), a rank of torchrun/SLURM, or one process.
+
+    ``progress(total)`` opens a progress bar (total = unwritten rows; None for a spawn, whose workers plan).
+    """
     env_rank = rank_from_env()
     if s.gpus and env_rank.distributed:
         raise UsageError("--gpus cannot be combined with a torchrun/SLURM launch (one process per GPU already)")
     if s.gpus and len(s.gpus) > 1:
-        return _spawn_image(s, advance)
+        bar = progress(None) if progress is not None else contextlib.nullcontext(None)
+        with bar as advance:
+            return _spawn_image(s, advance)
     device = s.device
     if s.gpus:
         device = f"cuda:{s.gpus[0]}" if s.device in ("auto", "cuda") else s.device
@@ -101,11 +111,11 @@ def run_store_image(s: Any, advance: Advance | None = None) -> StoreImageResult:
     if env_rank.distributed:
         if s.overwrite:
             raise UsageError("--overwrite is refused in a multi-process launch; delete the store first")
-        res = run_image_rank(s, env_rank, device, advance, manage_index=False)
+        res = run_image_rank(s, env_rank, device, None, manage_index=False, progress=progress)
         log.info("rank %d/%d done; after all ranks finish run: xaiclip store merge --h5 %s",
                  env_rank.rank, env_rank.world, s.h5)
         return res
-    return run_image_rank(s, RankInfo(), device, advance, manage_index=True)
+    return run_image_rank(s, RankInfo(), device, None, manage_index=True, progress=progress)
 
 
 def _spawn_image(s: Any, advance: Advance | None) -> StoreImageResult:
@@ -159,7 +169,7 @@ def run_store_text(s: Any) -> StoreTextResult:
     """store text: encode the prompt set's template groups into the store."""
     from xaiclip_cli.store.text import run_text_stage
 
-    setup_torch(s.threads, s.seed)
+    setup_torch(s.threads)
     prompts = open_prompts(s.prompts)
     backend = load_model(s, s.device)
     return run_text_stage(prompts, backend, s.h5, only=s.only, clear=s.clear, force=s.force, overwrite=s.overwrite,

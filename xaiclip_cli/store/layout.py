@@ -20,6 +20,7 @@ import numpy as np
 
 # --- versions ------------------------------------------------------------------------------------------------
 SCHEMA_VERSION = "xaiclip-store/1"
+SCHEMA_ATTR = "schema_version"  # root attr holding SCHEMA_VERSION; absent in a seed-written file
 SEED_VERSION = "1.0"  # root attr `version` of the seed layout
 CREATED_AT_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -96,12 +97,15 @@ def small_chunks(name: str, n_rows: int) -> tuple[int, ...]:
 
 
 # --- root attributes --------------------------------------------------------------------------------------------
-# The seed's root attrs (§1). The seed `tree` prints these names and "..." for the others.
-SEED_ROOT_ATTRS = (
+# The seed's tree view (§1.1, its `_root_attr_keys`) lists exactly these 13 root attr names and "..." for the others.
+SEED_TREE_ROOT_ATTRS = (
     "D", "T_img", "created_at", "version", "split_counts",
     "logit_scale", "logit_bias", "concept_logit_scale", "concept_logit_bias",
-    "label_texts", "prompt_temp_for_labels", "concept_texts", "prompt_temp_for_concepts", "dataset",
+    "label_texts", "prompt_temp_for_labels", "concept_texts", "prompt_temp_for_concepts",
 )
+# Every root attr of the seed view (§1 table): the 13 above plus `dataset`, which the seed writes but its tree
+# does not list (so `db tree` shows it under "..."). `db verify` requires all 14.
+SEED_ROOT_ATTRS = (*SEED_TREE_ROOT_ATTRS, "dataset")
 # Root attrs holding JSON text (json.dumps(..., ensure_ascii=False)).
 JSON_ROOT_ATTRS = (
     "split_counts", "label_texts", "prompt_temp_for_labels", "concept_texts", "prompt_temp_for_concepts",
@@ -113,7 +117,7 @@ EXP_SCALAR_ATTRS = ("logit_scale_exp", "concept_logit_scale_exp")
 PROMPT_LIST_ATTRS = ("label_texts", "prompt_temp_for_labels", "concept_texts", "prompt_temp_for_concepts")
 # Provenance attrs (§3.2) plus `model_fingerprint` (model only; what the text stage checks) and `part_rows`.
 PROVENANCE_ATTRS = (
-    "schema_version", "xaiclip_version", "model_id", "model_revision", "lib_versions", "dataset_file",
+    SCHEMA_ATTR, "xaiclip_version", "model_id", "model_revision", "lib_versions", "dataset_file",
     "dataset_md5", "source_image_size", "model_input_size", "compute_dtype", "cls_dtype", "token_dtype",
     "cls_normalized", "tokens_projected", "tokens_normalized", "has_tokens", "logit_scale_exp",
     "concept_logit_scale_exp", "layout", "n_rows", "n_written", "fingerprint", "model_fingerprint", "part_rows",

@@ -20,7 +20,8 @@ from xaiclip_cli.store.writer import create_feature_vds, create_row_datasets, op
 log = logging.getLogger("xaiclip.store")
 
 # Part attrs that describe the whole store and are copied to a new index.
-_ROOT_FROM_PART = tuple(a for a in (*L.PROVENANCE_ATTRS, *L.SEED_ROOT_ATTRS, "dataset_ref", "class_names")
+_ROOT_FROM_PART = tuple(a for a in (*L.PROVENANCE_ATTRS, *L.SEED_ROOT_ATTRS, "dataset_ref", "class_names",
+                                    "dataset_limit")
                         if a not in ("n_written", "split_counts", "created_at"))
 
 
@@ -105,8 +106,8 @@ def merge_store(h5: str | Path, materialize_to: str | Path | None = None, overwr
     index_ok = h5.exists() and try_open(h5) is not None
     if index_ok:
         with open_h5(h5, "r") as f:
-            if "schema_version" not in f.attrs:
-                raise UsageError(f"{h5} is not an xaiclip store (no schema_version attr)")
+            if L.SCHEMA_ATTR not in f.attrs:
+                raise UsageError(f"{h5} is not an xaiclip store (no {L.SCHEMA_ATTR} attr)")
             layout = L.decode_str(f.attrs.get("layout", ""))
             plan_json = read_meta(f, L.META_PLAN)
             fp = L.decode_str(f.attrs.get("fingerprint", "")) or None

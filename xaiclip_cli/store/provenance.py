@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,12 @@ _LIBS = ("torch", "transformers", "timm", "h5py", "numpy", "open_clip_torch", "p
 
 def lib_versions() -> dict[str, str]:
     """Installed versions of the libraries that shape the features (absent ones are skipped)."""
+    return dict(_lib_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _lib_versions() -> dict[str, str]:
+    # Cached: reading package metadata costs ~2 ms per library and the attrs are built several times per run.
     out = {}
     for name in _LIBS:
         try:
@@ -79,7 +86,7 @@ class StoreIdentity:
         nan = float("nan")
         s = self.scalars
         attrs: dict[str, Any] = {
-            "schema_version": L.SCHEMA_VERSION,
+            L.SCHEMA_ATTR: L.SCHEMA_VERSION,
             "version": L.SEED_VERSION,
             "xaiclip_version": xaiclip_version(),
             "model_id": self.model_id,

@@ -20,11 +20,11 @@ from xaiclip_cli.errors import UsageError, XaiclipError
 from xaiclip_cli.store import layout as L
 
 # The seed's `tree` lists these 13 root attrs (its `_root_attr_keys`); `dataset` and the rest show as "...".
-TREE_ROOT_ATTRS = tuple(a for a in L.SEED_ROOT_ATTRS if a != "dataset")
+TREE_ROOT_ATTRS = L.SEED_TREE_ROOT_ATTRS
 # The seed's `tree` lists these group attrs (its `_template_attr_keys`), "..." for the rest.
 TREE_GROUP_ATTRS = L.GROUP_ATTRS[:5]
 SPLITS = L.SPLITS
-SCHEMA_ATTR = "schema_version"
+SCHEMA_ATTR = L.SCHEMA_ATTR
 FEATURE_COLUMNS = {"image": L.IMAGE_FEATURES, "patches": L.IMAGE_TOKENS, "label": L.LABELS}
 TEXT_COLUMNS = {"text": L.TEXT_FEATURES, "tokens": L.TEXT_TOKENS}
 # What summarize shows as provenance: the §3.2 attrs plus the seed's dataset/created_at and the raw scalars.
@@ -157,7 +157,7 @@ def open_h5(path: Path, mode: str = "r") -> Any:
         low = msg.lower()
         if "truncated" in low:
             raise XaiclipError(f"store {path} is truncated (a writer was killed?); rebuild or resume it") from exc
-        if "lock file" in low or "file locking" in low or "already open for write" in low:
+        if isinstance(exc, BlockingIOError) or "unable to lock file" in low or "already open for write" in low:
             raise XaiclipError(
                 f"store {path} is open for writing by another process (file locked); retry when the writer finishes"
             ) from exc
@@ -206,11 +206,11 @@ class StoreReader:
     def _check_is_store(self, f: Any) -> None:
         schema = plain(f.attrs.get(SCHEMA_ATTR, ""))
         if schema and not str(schema).startswith(L.SCHEMA_VERSION.split("/")[0] + "/"):
-            raise UsageError(f"{self.path} is not an xaiclip store (schema_version {schema!r})")
+            raise UsageError(f"{self.path} is not an xaiclip store ({SCHEMA_ATTR} {schema!r})")
         if schema and str(schema) != L.SCHEMA_VERSION:
             raise UsageError(f"{self.path} has store schema {schema!r}; this xaiclip reads {L.SCHEMA_VERSION!r}")
         if not schema and L.IMAGE_FEATURES not in f and L.TEMPLATES not in f:
-            raise UsageError(f"{self.path} is not a feature store (no image_features, templates or schema_version)")
+            raise UsageError(f"{self.path} is not a feature store (no image_features, templates or {SCHEMA_ATTR})")
 
     def dataset(self, name: str) -> Any:
         """A dataset object of the open file (cached: h5py name lookups are slow)."""

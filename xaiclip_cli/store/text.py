@@ -196,7 +196,7 @@ def run_text_stage(lists: Any, backend: Any, h5: str | Path, *, only: Sequence[s
     written = skipped = removed = 0
     with open_h5(h5, "a") as f:
         ensure_skeleton(f)
-        if "schema_version" not in f.attrs:
+        if L.SCHEMA_ATTR not in f.attrs:
             set_attrs(f, identity.model_attrs())
             write_meta(f, L.META_PROVENANCE, identity.provenance)
             write_meta(f, L.META_PROCESSOR, identity.processor_config)

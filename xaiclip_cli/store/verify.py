@@ -106,8 +106,8 @@ def verify_store(path: str | Path, require_complete: bool = False, full: bool = 
 
 def _check_structure(r: StoreReader, f: Any, rep: VerifyReport) -> None:
     """Checks 1-2: datasets/attrs present, JSON parses, attrs fit, lengths and dims agree."""
-    is_xaiclip = "schema_version" in f.attrs
-    rep.checked["schema"] = plain(f.attrs.get("schema_version", "seed"))
+    is_xaiclip = L.SCHEMA_ATTR in f.attrs
+    rep.checked["schema"] = plain(f.attrs.get(L.SCHEMA_ATTR, "seed"))
     for name in REQUIRED_DATASETS + (XAICLIP_DATASETS if is_xaiclip else ()):
         if name not in f:
             rep.error(1, f"missing dataset {name!r}")
