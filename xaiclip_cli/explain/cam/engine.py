@@ -1,0 +1,144 @@
+"""One batched CAM pass: forward with a hook on the target layer, per-image target scores, gradients, raw maps."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from xaiclip_cli.errors import UsageError, XaiclipError
+from xaiclip_cli.explain.cam import METHODS
+from xaiclip_cli.explain.cam.eigen import eigencam
+from xaiclip_cli.explain.cam.gradient import GRADIENT_METHODS
+from xaiclip_cli.explain.cam.hooks import capture
+from xaiclip_cli.explain.cam.score import gscorecam_weights, scorecam_weights, weighted_map
+from xaiclip_cli.explain.layers import LayerInfo, find_module, to_nchw
+
+
+@dataclass
+class BatchMaps:
+    """Raw maps [B, h, w] (before ReLU) with the scores of the same forward pass, all on the device."""
+
+    raw: torch.Tensor
+    targets: torch.Tensor
+    logits: torch.Tensor
+    scores: torch.Tensor
+    target_scores: torch.Tensor
+
+
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """Maths in float32 at least (half-precision towers), float64 kept."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def check_targets(targets: Any, batch: int, n_texts: int) -> torch.Tensor:
+    """One target index per image: a [B] long tensor; a wrong count or range raises (never silently zero maps)."""
+    t = torch.as_tensor(targets, dtype=torch.long).flatten()
+    if t.numel() != batch:
+        raise ValueError(f"got {t.numel()} targets for a batch of {batch} images: give exactly one target per image")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_texts):
+        raise UsageError(f"target index out of range: {t.tolist()} for {n_texts} texts")
+    return t
+
+
+def compute_maps(
+    backend: Any,
+    pixels: torch.Tensor,
+    text_global: torch.Tensor,
+    targets: Any | None,
+    method: str,
+    layer: LayerInfo,
+    score: Literal["cosine", "logit", "softmax", "sigmoid"] = "logit",
+    *,
+    score_batch: int = 16,
+    topk: int = 300,
+    unselected: Literal["ref", "exclude"] = "ref",
+) -> BatchMaps:
+    """Raw maps of ``method`` at ``layer`` for a batch, each image explained for its own target text.
+
+    ``targets`` holds one text index per image (``len(targets) == B`` is enforced), or None for the best text.
+    """
+    if method not in METHODS:
+        raise UsageError(f"unknown --method {method!r} (choose from {', '.join(METHODS)})")
+    info = METHODS[method]
+    B = int(pixels.shape[0])
+    tgt = None if targets is None else check_targets(targets, B, int(text_global.shape[0])).to(pixels.device)
+    module = find_module(backend.vision_module(), layer.name)
+    grad_ctx = torch.enable_grad() if info.needs_gradient else torch.no_grad()
+    # The input requires grad so that a graph exists even when the backend froze its weights (requires_grad=False).
+    x = pixels.detach().requires_grad_(info.needs_gradient)
+    with capture(module) as box, grad_ctx:
+        image_global, _ = backend.encode_image(x)
+        scores = backend.score(image_global, text_global, score)
+        if tgt is None:  # "best": the highest logit of each image, from this same forward pass
+            tgt = backend.score(image_global.detach(), text_global, "logit").argmax(dim=1)
+        target_scores = scores.gather(1, tgt[:, None])[:, 0]
+        act = box.activation
+        if act is None:
+            raise XaiclipError(f"target layer {layer.name!r} was not run by the image tower's forward pass")
+        grad = None
+        if info.needs_gradient:
+            if not act.requires_grad:
+                raise XaiclipError(f"target layer {layer.name!r} is not connected to the score (no gradient)")
+            (grad,) = torch.autograd.grad(target_scores.sum(), act, allow_unused=True)
+            if grad is None:
+                grad = torch.zeros_like(act)
+    logits = backend.score(image_global.detach(), text_global, "logit")
+    A = to_nchw(_upcast(act.detach()), layer.layout, layer.prefix, layer.grid)
+    G = None if grad is None else to_nchw(_upcast(grad.detach()), layer.layout, layer.prefix, layer.grid)
+    if G is not None and not bool(G.abs().amax() > 0):
+        raise XaiclipError(
+            f"target layer {layer.name!r} gets zero gradient at every spatial position (wrong layer, e.g. a ViT "
+            "block output whose patch tokens never reach the score, or a constant score such as softmax over one "
+            "text); run `xaiclip cam layers` and pick a layer with a non-zero gradient"
+        )
+
+    chosen = tgt
+
+    def scorer(x: torch.Tensor, b: int) -> torch.Tensor:
+        g, _ = backend.encode_image(x)
+        return backend.score(g, text_global, score)[:, int(chosen[b])]
+
+    if method in GRADIENT_METHODS:
+        assert G is not None
+        raw = GRADIENT_METHODS[method](A, G)
+    elif method == "eigencam":
+        raw = eigencam(A)
+    elif method == "scorecam":
+        raw = weighted_map(A, scorecam_weights(A, pixels, scorer, chunk=score_batch))
+    elif method == "gscorecam":
+        assert G is not None
+        raw = weighted_map(A, gscorecam_weights(A, G, pixels, scorer, topk=topk, chunk=score_batch,
+                                                unselected=unselected))
+    else:  # pragma: no cover - METHODS and the branches above list the same names
+        raise UsageError(f"method {method!r} is not implemented")
+    return BatchMaps(raw=raw, targets=tgt, logits=logits.detach().float(), scores=scores.detach().float(),
+                     target_scores=target_scores.detach().float())
+
+
+def upsample_maps(raw: torch.Tensor, size: tuple[int, int], relu: bool = True) -> torch.Tensor:
+    """ReLU (optional) then bilinear upsampling with ``align_corners=False``: [B, h, w] → [B, H, W]."""
+    m = raw.clamp(min=0) if relu else raw
+    return F.interpolate(m[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def minmax(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Per-map min-max scaling to [0, 1] (never inverted); [.., H, W]."""
+    flat = maps.flatten(-2)
+    lo = flat.min(dim=-1).values[..., None, None]
+    hi = flat.max(dim=-1).values[..., None, None]
+    return (maps - lo) / (hi - lo + eps)
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """Keep a module in eval mode for the duration (restores training mode after)."""
+    was = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was)

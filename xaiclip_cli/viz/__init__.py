@@ -1,0 +1,1 @@
+"""Pictures of explanations: colormaps, overlays and CAM figures (matplotlib and PIL only)."""
