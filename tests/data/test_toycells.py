@@ -19,7 +19,7 @@ from xaiclip_cli.data.toycells import (
     write_toycells_npz,
 )
 
-KEYS = {f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels", "masks")}
+KEYS = {f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels", "masks", "nuclei")}
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,14 @@ def test_keys_shapes_dtypes(small: dict[str, np.ndarray]) -> None:
         assert small[f"{split}_labels"].shape == (n, 1) and small[f"{split}_labels"].dtype == np.int64
         assert small[f"{split}_masks"].shape == (n, 48, 48) and small[f"{split}_masks"].dtype == np.uint8
         assert set(np.unique(small[f"{split}_masks"])) <= {0, 1}
+        assert small[f"{split}_nuclei"].shape == (n, 48, 48) and small[f"{split}_nuclei"].dtype == np.uint8
+
+
+def test_nuclei_lie_inside_the_cell_mask(small: dict[str, np.ndarray]) -> None:
+    for split in ("train", "val", "test"):
+        cell, nuc = small[f"{split}_masks"].astype(bool), small[f"{split}_nuclei"].astype(bool)
+        assert (nuc & ~cell).sum() <= 0.01 * nuc.sum()  # soft edges may differ by a rim pixel
+        assert 1.5 * nuc.sum() < cell.sum()  # the cell is the larger region
 
 
 def test_deterministic_bytes(tmp_path) -> None:
@@ -82,7 +90,10 @@ def test_masks_nonempty_and_inside(small: dict[str, np.ndarray]) -> None:
 
 
 def test_class_differences_shipped(shipped: ToyCellsSource) -> None:
-    imgs, labs, masks = shipped.images("train"), shipped.labels("train")[:, 0], shipped.masks("train")
+    imgs, labs = shipped.images("train"), shipped.labels("train")[:, 0]
+    # Statistics of the nucleus + granule region (the finer mask); the cell mask holds it.
+    with np.load(toycells_path()) as z:
+        masks = z["train_nuclei"]
     assert np.bincount(labs, minlength=5).tolist() == [200] * 5
     rgb = np.stack([(imgs[labs == c] * masks[labs == c][..., None]).sum((0, 1, 2)) / masks[labs == c].sum()
                     for c in range(5)])

@@ -2,9 +2,10 @@
 
 Hand-written because no library draws labelled cells with known discriminative regions: every image holds one
 white cell (the target) on a pink plasma background with red-cell discs; classes differ in nucleus shape, colours,
-granules and size, and the mask marks what tells them apart (the nucleus plus the granules of the target cell).
+granules and size. ``{split}_masks`` marks the discriminative region, the target cell (all class evidence lies in
+it; background is drawn alike for every class); ``{split}_nuclei`` marks its nucleus plus granules, a finer target.
 Rendering is vectorised NumPy over whole splits (signed-distance shapes composited with soft alpha), deterministic
-from a seed, and written as a MedMNIST-format npz (plus ``{split}_masks``) so the MedMNIST reader is exercised.
+from a seed, and written as a MedMNIST-format npz (plus the two mask keys) so the MedMNIST reader is exercised.
 
 Run ``python -m xaiclip_cli.data.toycells --out PATH`` to regenerate the shipped file.
 """
@@ -186,8 +187,8 @@ def _mix(img: np.ndarray, rgb: np.ndarray, a: np.ndarray) -> np.ndarray:
     return img + (rgb - img) * a[..., None]
 
 
-def _render(rng: np.random.Generator, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one image per label: (images (n,S,S,3) uint8, masks (n,S,S) uint8)."""
+def _render(rng: np.random.Generator, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw one image per label: images (n,S,S,3) uint8, cell masks and nucleus+granule masks (n,S,S) uint8."""
     n = len(labels)
     yy, xx = np.mgrid[0:size, 0:size].astype(float) + 0.5
     # Plasma background: per-image stain tint and a faint smooth mottling.
@@ -247,8 +248,11 @@ def _render(rng: np.random.Generator, labels: np.ndarray, size: int) -> tuple[np
     # Global stain/exposure variation and a little sensor noise (kept small: the shipped npz must stay small).
     img = img * rng.uniform(0.93, 1.05, (n, 1, 1, 3)) + rng.normal(0, _SENSOR_NOISE, img.shape)
     images = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    masks = ((a_nuc > 0.5) | (a_gran > 0.5)).astype(np.uint8)
-    return images, masks
+    # The discriminative region is the target white cell: everything class-specific (nucleus, cytoplasm colour,
+    # granules, size) lives inside it, while plasma and red cells are drawn the same way for every class.
+    cells = (a_cell > 0.5).astype(np.uint8)
+    nuclei = ((a_nuc > 0.5) | (a_gran > 0.5)).astype(np.uint8)
+    return images, cells, nuclei
 
 
 def _balanced_labels(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -268,12 +272,15 @@ def generate_toycells(
         labels = _balanced_labels(np.random.default_rng(np.random.SeedSequence([int(seed), k])), int(n))
         images = np.zeros((n, size, size, 3), np.uint8)
         masks = np.zeros((n, size, size), np.uint8)
+        nuclei = np.zeros((n, size, size), np.uint8)
         for c, lo in enumerate(range(0, n, _CHUNK)):
             rng = np.random.default_rng(np.random.SeedSequence([int(seed), k, c + 1]))
-            images[lo:lo + _CHUNK], masks[lo:lo + _CHUNK] = _render(rng, labels[lo:lo + _CHUNK], size)
+            sl = slice(lo, lo + _CHUNK)
+            images[sl], masks[sl], nuclei[sl] = _render(rng, labels[sl], size)
         out[f"{split}_images"] = images
         out[f"{split}_labels"] = labels[:, None]
         out[f"{split}_masks"] = masks
+        out[f"{split}_nuclei"] = nuclei
     return out
 
 
