@@ -59,6 +59,9 @@ class ModelSettings(Section):
     num_classes: Optional[int] = Field(None, ge=1, description="Classes (default: from the data).")
     freeze_stages: int = Field(0, ge=0, description="Freeze the stem and the first k stages (with BN statistics).")
     checkpoint: Optional[Path] = Field(None, description="A best.pt/last.pt to extract features with (else --run).")
+    cifar_stem: bool = Field(
+        False, description="CIFAR-style ResNet stem (3x3 stride-1 conv, no max-pool) for small images such as 28 px."
+    )
 
     @field_validator("pretrained", mode="before")
     @classmethod
@@ -90,7 +93,9 @@ class TrainingSettings(Section):
     )
     warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs.")
     decay_epochs: float = Field(30, gt=0, description="Step schedule: decay every N epochs.")
-    decay_milestones: list[int] = Field([50, 75], description="Multistep schedule milestones (epochs).")
+    decay_milestones: list[int] = Field(
+        [50, 75], description="Multistep: the LR is multiplied by --decay-rate after this many epochs."
+    )
     decay_rate: float = Field(0.1, gt=0.0, description="LR factor at each decay.")
     patience_epochs: int = Field(10, ge=0, description="Plateau schedule patience (epochs).")
     early_stop_enabled: bool = Field(
@@ -126,6 +131,9 @@ class AugmentationSettings(Section):
     rotation: float = Field(15.0, ge=0.0, le=180.0, description="Random rotation range in degrees (+-).")
     mean: list[float] = Field([0.5], description="Normalisation mean (one value or one per channel).")
     std: list[float] = Field([0.5], description="Normalisation std (one value or one per channel).")
+    interpolation: Literal["bilinear", "nearest"] = Field(
+        "bilinear", description="How images are resized to --image-size (MedMNIST '(224)' upsamples with nearest)."
+    )
 
 
 class ExperimentSettings(Section):
@@ -144,6 +152,11 @@ class ExperimentSettings(Section):
         Path("config/best_hparams"), description="Where <model>_<modality>.yaml keeps the best settings (empty: off)."
     )
     overwrite: bool = Field(False, description="Replace existing outputs.")
+    protocol: Literal["none", "medmnist"] = Field(
+        "none", description="medmnist: the MedMNIST v2 recipe (Adam 1e-3, batch 128, 100 epochs, x0.1 at 50 and 75, "
+        "RGB, no pretraining; CIFAR stem below 64 px) for settings not given explicitly.",
+    )
+    repeats: int = Field(1, ge=1, description="Train N times (seed, seed+1, ...) and report the mean (medmnist: 3).")
 
     @field_validator("best_hparams_dir", "resume", mode="before")
     @classmethod
@@ -191,6 +204,14 @@ class ShowSettings(Section):
     plots: bool = Field(True, description="Write loss/AUC curve PNGs into the run directory.")
 
 
+class ToyTreeSettings(Section):
+    """What `train toy-tree` writes: a synthetic patient tree derived from the shipped toy cells."""
+
+    output_dir: Path = Field(Path("data/toy_tree"), description="Folder for the synthetic patient tree.")
+    patients: int = Field(32, ge=16, description="Patients in all hospitals (two thirds in the internal JM).")
+    seed: int = Field(0, description="Seed of the synthetic tree (same seed, same files).")
+
+
 class TrainSettings(XaiclipSettings):
     """Settings of `xaiclip train` (split, fit, extract, fuse, show, pipeline)."""
 
@@ -206,6 +227,7 @@ class TrainSettings(XaiclipSettings):
     extract: ExtractSettings = Field(default_factory=ExtractSettings, description="Extraction")
     fuse: FuseSettings = Field(default_factory=FuseSettings, description="Fusion")
     show: ShowSettings = Field(default_factory=ShowSettings, description="Show")
+    toy_tree: ToyTreeSettings = Field(default_factory=ToyTreeSettings, description="Toy patient tree")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level on stderr.")
 
     @model_validator(mode="after")

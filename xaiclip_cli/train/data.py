@@ -1,4 +1,5 @@
-"""Training data: split CSVs of PNG slices, MedMNIST npz or toy cells, as batched datasets plus on-device augmentation.
+"""Training data: split CSVs of PNG slices, MedMNIST npz, toy cells, image folders or CSV manifests, as batched
+datasets plus on-device augmentation.
 
 Augmentation is written by hand on whole batches (flip + rotation via ``affine_grid``) because torchvision's
 transforms draw one random parameter per call: per-sample draws on a batch keep the loader cheap and GPU-friendly.
@@ -180,8 +181,41 @@ def load_fit_data(
     if src is None:
         raise UsageError(f"--data {source} needs xaiclip_cli.data.refs, which is not installed")
     names = list(getattr(src.info(), "class_names", []) or [])
-    return _array_data(_arrays_from_source(src), names, False, {"kind": source.split(":", 1)[0], "ref": source})
-    raise UsageError(f"unknown data {source!r} (use splits, toycells or medmnist:<flag>)")
+    desc = {"kind": source.split(":", 1)[0], "ref": source}
+    if hasattr(src, "images") and hasattr(src, "labels"):
+        return _array_data(_arrays_from_source(src), names, False, desc)
+    return _file_data(src, names, image_size, in_chans, desc)
+
+
+def _source_labels(src: Any, split: str) -> tuple[list[str], list[int]]:
+    """(paths, labels) of one split of a folder or CSV-manifest source, without decoding the images."""
+    if hasattr(src, "rows"):  # CsvSource
+        rows = src.rows(split)
+        return [str(r.path) for r in rows], [int(r.label) for r in rows]
+    items = getattr(src, "_items", None)  # FolderSource keeps (path, label) per split; no public label accessor
+    if isinstance(items, dict):
+        return [str(p) for p, _ in items.get(split, [])], [int(lab) for _, lab in items.get(split, [])]
+    samples = src.get_many(split, list(range(src.split_sizes()[split])))
+    return [str(s.path or "") for s in samples], [int(s.label) for s in samples]
+
+
+def _file_data(src: Any, names: list[str], image_size: int, in_chans: int, desc: dict[str, Any]) -> FitData:
+    """Folder/CSV sources: image files read (and resized) per batch, one 'patient' per image."""
+    splits: dict[str, SplitData] = {}
+    for split, n in src.split_sizes().items():
+        if split not in SPLITS or n == 0:
+            continue
+        paths, labels = _source_labels(src, split)
+        if any(lab < 0 for lab in labels):
+            raise UsageError(f"data {desc['ref']}: {split} has unlabelled images; training needs a class for each")
+        rows = [{"image_path": p, "label": lab, "patient_id": f"{split}-{i}", "hospital": split}
+                for i, (p, lab) in enumerate(zip(paths, labels, strict=True))]
+        splits[split] = FileSplit(rows, image_size, in_chans)
+    if "train" not in splits or "val" not in splits:
+        raise UsageError(f"data {desc['ref']} has no train and val splits (folder: train/ and val/ sub-folders; "
+                         "csv: split column values train and val)")
+    n_cls = max(len(names), max(int(d.labels.max()) for d in splits.values()) + 1, 2)
+    return FitData(splits, n_cls, names or [str(k) for k in range(n_cls)], False, desc)
 
 
 def _array_data(arrays: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], multi: bool,
@@ -222,8 +256,12 @@ def prepare_batch(
     hflip: float = 0.0,
     rotation: float = 0.0,
     generator: torch.Generator | None = None,
+    interpolation: str = "bilinear",
 ) -> torch.Tensor:
-    """uint8 [B,C,H,W] -> float normalised [B,in_chans,S,S], with per-sample flip/rotation when ``train``."""
+    """uint8 [B,C,H,W] -> float normalised [B,in_chans,S,S], with per-sample flip/rotation when ``train``.
+
+    ``interpolation`` resizes to ``image_size``: bilinear (antialiased when shrinking) or nearest (MedMNIST "(224)").
+    """
     x = images.float().div_(255.0)
     c = x.shape[1]
     if c != in_chans:
@@ -234,7 +272,9 @@ def prepare_batch(
             x = (x * w).sum(1, keepdim=True)
         else:
             raise UsageError(f"images have {c} channels but data.in_chans is {in_chans}")
-    if x.shape[-2:] != (image_size, image_size):
+    if x.shape[-2:] != (image_size, image_size) and interpolation == "nearest":
+        x = F.interpolate(x, size=(image_size, image_size), mode="nearest")
+    elif x.shape[-2:] != (image_size, image_size):
         up = x.shape[-1] < image_size
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=not up)
     if train and (hflip > 0 or rotation > 0):

@@ -30,7 +30,8 @@ def slice_features(model: torch.nn.Module, ds: FileSplit, indices: list[int], me
     out = []
     for i in range(0, len(indices), batch_size):
         images = ds.load(indices[i:i + batch_size]).to(device)
-        x = prepare_batch(images, meta["image_size"], meta["in_chans"], meta["mean"], meta["std"])
+        x = prepare_batch(images, meta["image_size"], meta["in_chans"], meta["mean"], meta["std"],
+                          interpolation=meta.get("interpolation", "bilinear"))
         feats = model.forward_head(model.forward_features(x), pre_logits=True)
         out.append(feats.float().flatten(1).cpu().numpy())
     return np.concatenate(out).astype(np.float32)

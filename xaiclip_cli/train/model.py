@@ -38,6 +38,24 @@ def _create(name: str, pretrained: bool, num_classes: int, in_chans: int, image_
     return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
+def cifar_stem_(model: nn.Module, in_chans: int) -> nn.Module:
+    """Make a ResNet CIFAR-style in place: 3x3 stride-1 first conv, no max-pool (MedMNIST "(28)" models).
+
+    timm has no such option, so the stem is swapped after creation (the rest of the network is unchanged). A deep
+    stem (timm ``stem_type='deep'``, a Sequential of 3x3 convs) keeps its convs with the first one at stride 1.
+    """
+    conv, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
+    first = next((m for m in conv.modules() if isinstance(m, nn.Conv2d)), None) if isinstance(conv, nn.Module) else None
+    if first is None or pool is None:
+        raise UsageError(f"model.cifar_stem needs a ResNet (conv1 + maxpool); {type(model).__name__} has no such stem")
+    if isinstance(conv, nn.Conv2d):
+        model.conv1 = nn.Conv2d(in_chans, conv.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    else:
+        first.stride = (1, 1)
+    model.maxpool = nn.Identity()
+    return model
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -46,8 +64,17 @@ def build_model(
     pretrained: str = "auto",
     pretrained_path: Path | None = None,
     warn: Callable[[str], None] | None = None,
+    cifar_stem: bool = False,
 ) -> tuple[nn.Module, bool]:
     """``timm.create_model`` with the pretrained policy; returns (model, pretrained weights loaded)."""
+    model, loaded = _build(name, num_classes, in_chans, image_size, pretrained, pretrained_path, warn)
+    if cifar_stem:
+        cifar_stem_(model, in_chans)
+    return model, loaded
+
+
+def _build(name: str, num_classes: int, in_chans: int, image_size: int, pretrained: str,
+           pretrained_path: Path | None, warn: Callable[[str], None] | None) -> tuple[nn.Module, bool]:
     import timm
 
     arch = timm_name(name)
@@ -100,13 +127,14 @@ def freeze_stages(model: nn.Module, k: int) -> list[str]:
 
 def model_meta(model_name: str, num_classes: int, in_chans: int, image_size: int, mean: list[float],
                std: list[float], class_names: list[str], multi_label: bool, freeze: int,
-               pretrained_loaded: bool) -> dict[str, Any]:
+               pretrained_loaded: bool, cifar_stem: bool = False, interpolation: str = "bilinear") -> dict[str, Any]:
     """What a checkpoint embeds so that other commands rebuild the model from it alone."""
     c = in_chans
     return {"arch": timm_name(model_name), "model_name": model_name, "num_classes": num_classes, "in_chans": in_chans,
             "image_size": image_size, "mean": list(mean) * (c if len(mean) == 1 else 1),
             "std": list(std) * (c if len(std) == 1 else 1), "class_names": list(class_names),
-            "multi_label": multi_label, "freeze_stages": freeze, "pretrained_loaded": pretrained_loaded}
+            "multi_label": multi_label, "freeze_stages": freeze, "pretrained_loaded": pretrained_loaded,
+            "cifar_stem": cifar_stem, "interpolation": interpolation}
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -127,7 +155,8 @@ def model_from_checkpoint(ckpt: dict[str, Any] | Path) -> tuple[nn.Module, dict[
     meta = ckpt.get("meta")
     if not meta:
         raise XaiclipError("checkpoint has no 'meta' block; it was not written by `xaiclip train fit`")
-    model, _ = build_model(meta["arch"], meta["num_classes"], meta["in_chans"], meta["image_size"], "false")
+    model, _ = build_model(meta["arch"], meta["num_classes"], meta["in_chans"], meta["image_size"], "false",
+                           cifar_stem=bool(meta.get("cifar_stem", False)))
     freeze_stages(model, int(meta.get("freeze_stages", 0)))
     model.load_state_dict(ckpt["model"])
     model.eval()

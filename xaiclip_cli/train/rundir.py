@@ -87,13 +87,23 @@ class TrainLog:
         self.handler.setLevel(logging.INFO)
         self.logger = logging.getLogger("xaiclip")
         self.logger.addHandler(self.handler)
-        if self.logger.getEffectiveLevel() > logging.INFO:
+        self.prev_level = self.logger.level
+        self.raised: list[tuple[logging.Handler, int]] = []
+        effective = self.logger.getEffectiveLevel()
+        if effective > logging.INFO:
             self.logger.setLevel(logging.INFO)
+            # INFO must reach train.log, but the console handlers keep the level asked for (--quiet: warnings).
+            self.raised = [(h, h.level) for h in logging.getLogger().handlers if h.level < effective]
+            for h, _ in self.raised:
+                h.setLevel(effective)
 
     def close(self) -> None:
-        """Detach and close the file."""
+        """Detach and close the file; restore the logger and console levels."""
         self.logger.removeHandler(self.handler)
         self.handler.close()
+        self.logger.setLevel(self.prev_level)
+        for h, level in self.raised:
+            h.setLevel(level)
 
 
 class Board:

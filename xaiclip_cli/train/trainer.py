@@ -110,7 +110,8 @@ class Fitter:
         """A fresh classifier with the configured weights and frozen stages, on the device."""
         s = self.s
         model, loaded = build_model(s.model.name, self.num_classes, s.data.in_chans, s.data.image_size,
-                                    pretrained or s.model.pretrained, s.model.pretrained_path, self.warn)
+                                    pretrained or s.model.pretrained, s.model.pretrained_path, self.warn,
+                                    cifar_stem=s.model.cifar_stem)
         freeze_stages(model, s.model.freeze_stages)
         model.to(self.device)
         if s.training.channels_last:
@@ -127,7 +128,8 @@ class Fitter:
         """uint8 batch -> normalised (augmented when training) float tensor on the device."""
         s = self.s
         x = prepare_batch(images.to(self.device, non_blocking=True), s.data.image_size, s.data.in_chans,
-                          self.mean, self.std, train, s.augmentation.hflip, s.augmentation.rotation, gen)
+                          self.mean, self.std, train, s.augmentation.hflip, s.augmentation.rotation, gen,
+                          s.augmentation.interpolation)
         if s.training.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -200,9 +202,11 @@ def _scheduler(s: TrainSettings, optimizer: torch.optim.Optimizer) -> Any:
     from timm.scheduler import create_scheduler_v2
 
     t = s.training
+    # timm's multistep decays at index m - 1 (its historical convention); +1 gives PyTorch MultiStepLR timing, as
+    # in the MedMNIST recipe: milestone 50 means epochs 51.. (1-based) run at the decayed rate.
     sched, _ = create_scheduler_v2(
         optimizer, sched=t.scheduler, num_epochs=t.epochs, decay_epochs=t.decay_epochs,
-        decay_milestones=list(t.decay_milestones), decay_rate=t.decay_rate, warmup_epochs=t.warmup_epochs,
+        decay_milestones=[m + 1 for m in t.decay_milestones], decay_rate=t.decay_rate, warmup_epochs=t.warmup_epochs,
         patience_epochs=t.patience_epochs, plateau_mode="max", step_on_epochs=True,
     )
     return sched
@@ -252,7 +256,8 @@ def _run(f: Fitter, on_epoch: Callable[[dict[str, Any]], None] | None, stop_afte
     try:
         model, pretrained_loaded = f.new_model()
         meta = model_meta(s.model.name, f.num_classes, s.data.in_chans, s.data.image_size, f.mean, f.std,
-                          f.data.class_names, f.multi_label, s.model.freeze_stages, pretrained_loaded)
+                          f.data.class_names, f.multi_label, s.model.freeze_stages, pretrained_loaded,
+                          s.model.cifar_stem, s.augmentation.interpolation)
         train_model: nn.Module = model
         if dist.enabled:
             if s.training.sync_bn and f.device.type != "cuda":
@@ -452,7 +457,8 @@ def _finish(f: Fitter, run_dir: Path, best_epoch: int, best_value: float | None,
         "best_val_metrics": {k: v for k, v in val.items()},
         "test_metrics": test_overall, "epochs_run": epochs_run, "stopped_early": stopped_early,
         "pretrained_loaded": pretrained_loaded, "counts": counts, "num_classes": f.num_classes,
-        "class_names": f.data.class_names, "data": f.data.description, "versions": _versions(),
+        "class_names": f.data.class_names, "data": f.data.description, "protocol": s.experiment.protocol,
+        "versions": _versions(),
     }
     if main:
         if test_rows:
