@@ -5,6 +5,7 @@ XAICLIP := $(VENV)/bin/xaiclip
 export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 DEMO_OUT ?= demo_out
+TOY_TEXTS := $(foreach c,lymphocyte neutrophil eosinophil basophil monocyte,--text "a microscopic image of a $(c) cell")
 
 .PHONY: install demo test lint bench clean
 
@@ -25,6 +26,32 @@ demo: install
 	rm -rf $(DEMO_OUT) && mkdir -p $(DEMO_OUT)
 	$(XAICLIP) --version
 	$(XAICLIP) --help
+	@echo "== store: encode the toy-cells prompts and all 1500 toy cells with the shipped toy-vit (CLS + patch tokens)"
+	$(XAICLIP) store text --h5 $(DEMO_OUT)/toycells.h5 --prompts toycells
+	$(XAICLIP) store image --h5 $(DEMO_OUT)/toycells.h5 --dataset toycells
+	$(XAICLIP) store merge --h5 $(DEMO_OUT)/toycells.h5
+	@echo "== db: read the library back"
+	$(XAICLIP) db summarize --h5 $(DEMO_OUT)/toycells.h5
+	$(XAICLIP) db tree --h5 $(DEMO_OUT)/toycells.h5
+	$(XAICLIP) db verify --h5 $(DEMO_OUT)/toycells.h5 --require-complete
+	$(XAICLIP) db sample 0 --h5 $(DEMO_OUT)/toycells.h5
+	$(XAICLIP) db batch --h5 $(DEMO_OUT)/toycells.h5 --split test --idx 0:5 --feature label
+	$(XAICLIP) db templates --h5 $(DEMO_OUT)/toycells.h5
+	$(XAICLIP) db fetch --h5 $(DEMO_OUT)/toycells.h5 --template label_prompts_t01 --out $(DEMO_OUT)/label_prompts_t01.npy
+	cp $(DEMO_OUT)/toycells.h5 $(DEMO_OUT)/cleared.h5
+	$(XAICLIP) db clear --h5 $(DEMO_OUT)/cleared.h5 --yes
+	@echo "== cam: heatmaps of image-text alignment on toy cells (toy-cnn and toy-vit)"
+	$(XAICLIP) cam methods
+	$(XAICLIP) cam layers --model toy-cnn --dataset toycells
+	$(XAICLIP) cam run --model toy-cnn --dataset toycells --limit 4 --method gradcam --output-dir $(DEMO_OUT)/cam $(TOY_TEXTS)
+	$(XAICLIP) cam run --model toy-vit --dataset toycells --limit 4 --method layercam --output-dir $(DEMO_OUT)/cam $(TOY_TEXTS)
+	@echo "== train: patient tree -> split -> fit per modality -> extract -> fuse; a short CLIP run"
+	$(XAICLIP) train toy-tree --output-dir $(DEMO_OUT)/tree
+	$(XAICLIP) train pipeline --root-dir $(DEMO_OUT)/tree --output-dir $(DEMO_OUT)/train --model test_resnet \
+	  --pretrained false --image-size 64 --epochs 3 --batch-size 16 --learning-rate 1e-3 --device cpu \
+	  --num-workers 0 --best-hparams-dir $(DEMO_OUT)/train/best_hparams
+	$(XAICLIP) train show $(DEMO_OUT)/train/pipeline-A
+	$(XAICLIP) train clip --config configs/toy-vit.yaml --epochs 1 --output-dir $(DEMO_OUT)/clip
 
 test: install
 	$(PY) -m pytest -q

@@ -42,3 +42,11 @@ def test_cam_figure_writes_png(tmp_path) -> None:
     with Image.open(p) as im:
         assert im.format == "PNG" and im.size[0] > im.size[1]
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_short_label_keeps_the_distinguishing_end() -> None:
+    from xaiclip_cli.viz.figure import short_label
+
+    assert short_label("a microscopic image of a lymphocyte cell") == "…opic image of a lymphocyte cell"
+    assert short_label("a cell") == "a cell"
+    assert len(short_label("x" * 100)) == 32

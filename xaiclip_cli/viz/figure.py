@@ -44,7 +44,7 @@ def cam_figure(
     y = np.arange(len(names))
     colours = ["tab:red" if i == target else "tab:gray" for i in range(len(names))]
     axes[3].barh(y, list(probs), color=colours)
-    axes[3].set_yticks(y, [str(n)[:28] for n in names], fontsize=8)
+    axes[3].set_yticks(y, [short_label(str(n)) for n in names], fontsize=8)
     axes[3].invert_yaxis()
     axes[3].set_xlim(0, 1)
     axes[3].set_xlabel("probability (softmax of logits)")
@@ -54,3 +54,8 @@ def cam_figure(
     tmp = f"{path}.tmp.png"
     fig.savefig(tmp, format="png")
     os.replace(tmp, path)
+
+
+def short_label(text: str, width: int = 32) -> str:
+    """Shorten a prompt for a bar label, keeping its end (prompts share a template prefix; the class is last)."""
+    return text if len(text) <= width else "…" + text[-(width - 1):]
