@@ -58,16 +58,18 @@ def test_reload_in_a_new_process_gives_identical_embeddings(checkpoint_backend, 
     np.save(tmp_path / "imgs.npy", imgs)
     code = (
         "import sys, numpy as np, torch\n"
+        "torch.set_num_threads(int(sys.argv[4]))\n"
         "from xaiclip_cli.models.registry import load_backend\n"
         "b = load_backend('checkpoint', model=sys.argv[1], device='cpu')\n"
         "with torch.no_grad():\n"
         "    g, tok = b.encode_image(b.preprocess(np.load(sys.argv[2])))\n"
-        "    t = b.encode_texts(sys.argv[4:])\n"
+        "    t = b.encode_texts(sys.argv[5:])\n"
         "torch.save({'g': g, 'tok': tok, 't': t}, sys.argv[3])\n"
     )
     out = tmp_path / "emb.pt"
-    subprocess.run([sys.executable, "-c", code, str(tiny_export_dir), str(tmp_path / "imgs.npy"), str(out), *TEXTS],
-                   check=True, capture_output=True, timeout=300)
+    # Same thread count as this process: bit-identity needs the same reduction order (other tests may change it).
+    subprocess.run([sys.executable, "-c", code, str(tiny_export_dir), str(tmp_path / "imgs.npy"), str(out),
+                    str(torch.get_num_threads()), *TEXTS], check=True, capture_output=True, timeout=300)
     other = torch.load(out, weights_only=True)
     b = checkpoint_backend
     with torch.no_grad():
