@@ -13,6 +13,14 @@ from xaiclip_cli.config.base import XaiclipSettings
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
+def check_device(value: str) -> str:
+    """Normalise a device name, or raise ValueError naming the accepted forms."""
+    v = value.strip().lower()
+    if not _DEVICE.match(v):
+        raise ValueError(f"unknown device {value!r} (use auto, cpu, cuda, cuda:N or mps)")
+    return v
+
+
 class ComputeSettings(XaiclipSettings):
     """Where and how a command computes: device, GPUs, seed, CPU threads, log level (no output folder)."""
 
@@ -30,10 +38,7 @@ class ComputeSettings(XaiclipSettings):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
-        v = value.strip().lower()
-        if not _DEVICE.match(v):
-            raise ValueError(f"unknown device {value!r} (use auto, cpu, cuda, cuda:N or mps)")
-        return v
+        return check_device(value)
 
     @field_validator("gpus")
     @classmethod

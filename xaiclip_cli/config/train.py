@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
 from xaiclip_cli.config.base import Section, XaiclipSettings, group_config
-
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+from xaiclip_cli.config.common import check_device
 
 
 class DataSettings(Section):
@@ -118,10 +116,7 @@ class TrainingSettings(Section):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
-        v = value.strip().lower()
-        if not _DEVICE.match(v):
-            raise ValueError(f"unknown device {value!r} (use auto, cpu, cuda, cuda:N or mps)")
-        return v
+        return check_device(value)
 
 
 class AugmentationSettings(Section):

@@ -96,6 +96,10 @@ class ClipTrainSettings(RuntimeSettings):
         False, description="Same-label pairs in a batch are soft positives (else they are false negatives)."
     )
     augment: bool = Field(False, description="Random horizontal/vertical flips of training images.")
+    augment_shift: float = Field(
+        0.0, ge=0, lt=0.5, description="Random translation of training images by up to this fraction of the side "
+        "(reflect padding; 0 = off)."
+    )
     epochs: int = Field(10, ge=1, description="Training epochs.")
     batch_size: int = Field(64, ge=2, description="Pairs per batch (the contrastive B×B).")
     learning_rate: float = Field(5e-4, gt=0, description="Peak AdamW learning rate.")

@@ -62,6 +62,19 @@ class ClipBackend(abc.ABC):
             return None
         return self.image_size // self.token_grid[0]
 
+    def shape_facts(self) -> dict[str, Any]:
+        """The facts every provenance record carries: sizes, token grid, prefix, score family, dtype, scalars."""
+        return {
+            "image_size": self.image_size,
+            "token_grid": list(self.token_grid) if self.token_grid else None,
+            "num_prefix_tokens": self.num_prefix_tokens,
+            "embed_dim": self.embed_dim,
+            "score_family": self.score_family,
+            "compute_dtype": "bfloat16-autocast" if self.amp_dtype is not None else str(self.dtype).replace(
+                "torch.", ""),
+            "scalars": self.scalars(),
+        }
+
     @abc.abstractmethod
     def provenance(self) -> dict[str, Any]:
         """Model id, revision/commit or content hash, library versions, preprocessing config (JSON-serialisable)."""

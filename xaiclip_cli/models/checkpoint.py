@@ -251,14 +251,7 @@ class CheckpointBackend(ClipBackend):
             "preprocess": {"size": self.image_size, "mean": self.mean, "std": self.std,
                            "interpolation": self.interpolation, "in_chans": self.in_chans},
             "context_length": self.context_length,
-            "image_size": self.image_size,
-            "token_grid": list(self.token_grid) if self.token_grid else None,
-            "num_prefix_tokens": self.num_prefix_tokens,
-            "embed_dim": self.embed_dim,
-            "score_family": self.score_family,
-            "scalars": self.scalars(),
-            "compute_dtype": "bfloat16-autocast" if self.amp_dtype is not None else str(self.dtype).replace(
-                "torch.", ""),
+            **self.shape_facts(),
         }
 
     def preprocess(self, images: ImageInput) -> torch.Tensor:

@@ -160,14 +160,7 @@ class ConceptCLIPBackend(ClipBackend):
             "lib_versions": hub.lib_versions(),
             "processor_config": json_config(self.image_processor),
             "tokenizer_config": tokenizer_config(self.tokenizer, self.context_length, self.padding),
-            "image_size": self.image_size,
-            "token_grid": list(self.token_grid) if self.token_grid else None,
-            "num_prefix_tokens": self.num_prefix_tokens,
-            "embed_dim": self.embed_dim,
-            "score_family": self.score_family,
-            "compute_dtype": "bfloat16-autocast" if self.amp_dtype is not None else str(self.dtype).replace(
-                "torch.", ""),
-            "scalars": self.scalars(),
+            **self.shape_facts(),
         }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,28 +38,52 @@ def _any_part(h5: Path) -> Path | None:
     return None
 
 
+@dataclass
+class _PartFacts:
+    """What one part says about the whole store: root attrs, plan, provenance and feature shapes."""
+
+    attrs: dict[str, Any]
+    plan: L.Plan
+    prov: Any
+    d: int
+    t: int
+    has_tokens: bool
+    cls_dtype: str
+
+
+def _part_facts(part: Path) -> _PartFacts:
+    with open_h5(part, "r") as pf:
+        return _PartFacts(
+            attrs={k: pf.attrs[k] for k in _ROOT_FROM_PART if k in pf.attrs},
+            plan=L.Plan.from_json(L.decode_str(pf.attrs["plan"])),
+            prov=json.loads(L.decode_str(pf.attrs.get("provenance", "{}"))),
+            d=int(pf.attrs["D"]),
+            t=int(pf.attrs.get("T_img", -1)),
+            has_tokens=bool(pf.attrs.get("has_tokens", L.IMAGE_TOKENS in pf)),
+            cls_dtype=str(pf[L.IMAGE_FEATURES].dtype),
+        )
+
+
+def _write_index_rows(f: h5py.File, h5: Path, facts: _PartFacts) -> None:
+    """Give an open index the row datasets, feature VDS, attrs and meta a part describes."""
+    ensure_skeleton(f)
+    create_row_datasets(f, facts.plan.n_rows, facts.d, facts.t, facts.cls_dtype, facts.has_tokens, features=False)
+    create_feature_vds(f, h5, facts.plan, facts.d, facts.t, facts.cls_dtype, facts.has_tokens)
+    set_attrs(f, facts.attrs)
+    set_attrs(f, {"layout": "sharded", "n_rows": facts.plan.n_rows, "n_written": 0})
+    write_meta(f, L.META_PLAN, facts.plan.to_json())
+    write_meta(f, L.META_PROVENANCE, facts.prov)
+
+
 def create_index_from_part(h5: Path, part: Path) -> L.Plan:
     """Build a sharded index (rows, VDS, attrs, meta) from the attrs one part carries (multi-node runs)."""
-    with open_h5(part, "r") as pf:
-        attrs = {k: pf.attrs[k] for k in _ROOT_FROM_PART if k in pf.attrs}
-        plan = L.Plan.from_json(L.decode_str(pf.attrs["plan"]))
-        prov = json.loads(L.decode_str(pf.attrs.get("provenance", "{}")))
-        d = int(pf.attrs["D"])
-        has_tokens = bool(pf.attrs.get("has_tokens", L.IMAGE_TOKENS in pf))
-        t = int(pf.attrs.get("T_img", -1))
-        cls_dtype = str(pf[L.IMAGE_FEATURES].dtype)
+    facts = _part_facts(part)
     tmp = h5.with_name(h5.name + L.PART_PARTIAL_SUFFIX)
     with h5py.File(tmp, "w") as f:
-        ensure_skeleton(f)
-        create_row_datasets(f, plan.n_rows, d, t, cls_dtype, has_tokens, features=False)
-        create_feature_vds(f, h5, plan, d, t, cls_dtype, has_tokens)
-        set_attrs(f, attrs)
-        set_attrs(f, {"layout": "sharded", "n_rows": plan.n_rows, "n_written": 0})
-        write_meta(f, L.META_PLAN, plan.to_json())
-        write_meta(f, L.META_PROVENANCE, prov)
-        write_meta(f, L.META_PROCESSOR, prov.get("processor_config", {}) if isinstance(prov, dict) else {})
+        _write_index_rows(f, h5, facts)
+        write_meta(f, L.META_PROCESSOR, facts.prov.get("processor_config", {}) if isinstance(facts.prov, dict) else {})
     tmp.replace(h5)
-    return plan
+    return facts.plan
 
 
 def materialize(h5: Path, out: Path, overwrite: bool = False) -> Path:
@@ -168,21 +193,9 @@ def merge_store(h5: str | Path, materialize_to: str | Path | None = None, overwr
 
 def _add_rows_from_part(h5: Path, part: Path) -> None:
     """Give a text-only index the row datasets and attrs described by a part."""
-    with open_h5(part, "r") as pf:
-        attrs: dict[str, Any] = {k: pf.attrs[k] for k in _ROOT_FROM_PART if k in pf.attrs}
-        plan = L.Plan.from_json(L.decode_str(pf.attrs["plan"]))
-        prov = json.loads(L.decode_str(pf.attrs.get("provenance", "{}")))
-        d, t = int(pf.attrs["D"]), int(pf.attrs.get("T_img", -1))
-        has_tokens = L.IMAGE_TOKENS in pf
-        cls_dtype = str(pf[L.IMAGE_FEATURES].dtype)
+    facts = _part_facts(part)
     with open_h5(h5, "r+") as f:
         if "model_fingerprint" in f.attrs and L.decode_str(f.attrs["model_fingerprint"]) != \
-                L.decode_str(attrs.get("model_fingerprint", "")):
+                L.decode_str(facts.attrs.get("model_fingerprint", "")):
             raise UsageError(f"{part} was written with another model than the templates of {h5}")
-        ensure_skeleton(f)
-        create_row_datasets(f, plan.n_rows, d, t, cls_dtype, has_tokens, features=False)
-        create_feature_vds(f, h5, plan, d, t, cls_dtype, has_tokens)
-        set_attrs(f, attrs)
-        set_attrs(f, {"layout": "sharded", "n_rows": plan.n_rows, "n_written": 0})
-        write_meta(f, L.META_PLAN, plan.to_json())
-        write_meta(f, L.META_PROVENANCE, prov)
+        _write_index_rows(f, h5, facts)
