@@ -85,6 +85,10 @@ def _build(name: str, num_classes: int, in_chans: int, image_size: int, pretrain
     want = pretrained == "true" or pretrained_path is not None
     if pretrained == "false" and pretrained_path is None:
         return _create(arch, False, num_classes, in_chans, image_size, None), False
+    if not want and _offline() and not _weights_cached(arch):
+        # Offline, "auto" must not sit through the hub client's retries (about 30 s) to learn what the cache says.
+        (warn or log.warning)(f"pretrained weights for {arch} are not cached and the hub is offline; from scratch")
+        return _create(arch, False, num_classes, in_chans, image_size, None), False
     try:
         return _create(arch, True, num_classes, in_chans, image_size, pretrained_path), True
     except Exception as exc:  # noqa: BLE001 - offline hub errors come in many types
@@ -95,6 +99,40 @@ def _build(name: str, num_classes: int, in_chans: int, image_size: int, pretrain
             ) from exc
         (warn or log.warning)(f"pretrained weights for {arch} unavailable ({type(exc).__name__}); from scratch")
         return _create(arch, False, num_classes, in_chans, image_size, None), False
+
+
+def _offline() -> bool:
+    """True when the Hugging Face hub is switched off (HF_HUB_OFFLINE)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _weights_cached(arch: str) -> bool:
+    """Whether timm's default pretrained weights for ``arch`` are already in the local hub or torch-hub cache."""
+    import os
+
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cfg = timm.get_pretrained_cfg(arch)
+    except Exception:  # noqa: BLE001 - no pretrained config: nothing to load
+        return False
+    if cfg is None:
+        return False
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if hub_id:
+        repo = hub_id.split("@")[0]
+        names = [getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin"]
+        if any(isinstance(try_to_load_from_cache(repo, n), str) for n in names if n):
+            return True
+    url = getattr(cfg, "url", None)
+    if url:
+        import torch.hub
+
+        return os.path.isfile(os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)))
+    return False
 
 
 def stage_names(model: nn.Module, k: int) -> list[str]:

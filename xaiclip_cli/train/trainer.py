@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -75,6 +76,8 @@ def _loader(ds: SplitData, batches: list[list[int]], workers: int, pin: bool) ->
 
     if isinstance(ds, ArraySplit) or workers == 0:
         return (ds[b] for b in batches)
+    # More loader processes than cores only adds contention (and a DataLoader warning).
+    workers = max(1, min(workers, os.cpu_count() or 1))
     return torch.utils.data.DataLoader(ds, batch_size=None, sampler=batches, num_workers=workers, pin_memory=pin)
 
 
