@@ -5,8 +5,8 @@ stepped per update, gradient clipping, logit-scale clamp at ln 100, validation b
 prototypes (labelled data) and retrieval R@k, a run dir with config.yaml / metrics.csv / results.json /
 checkpoints/{last,best}.pt (atomic), resume from last.pt, and ``export/`` in the ``checkpoint`` backend's format.
 
-Determinism: the order, the prompt drawn for each sample and the flips of epoch e come from a generator seeded with
-(seed, e), and the torch RNG state is checkpointed, so a resumed run reproduces an uninterrupted one.
+Determinism: the order, the prompt drawn for each sample and the flips and shifts of epoch e come from a generator
+seeded with (seed, e), and the torch RNG state is checkpointed, so a resumed run reproduces an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from xaiclip_cli.train.clip_data import (
     open_labelled_source,
     pairs_data,
     read_prompt_set,
+    shift_batch,
 )
 from xaiclip_cli.train.clip_loss import clip_loss
 
@@ -395,6 +396,7 @@ def train_clip(
     last_epoch = start_epoch + (stop_after_epochs if stop_after_epochs is not None else epochs)
     end_epoch = min(epochs, last_epoch)
     stopped_early = False
+    max_shift = int(round(float(_get(settings, "augment_shift", 0.0) or 0.0) * int(settings.image_size)))
 
     with progress((end_epoch - start_epoch) * steps_per_epoch, "train clip", "steps") as advance:
         for epoch in range(start_epoch, end_epoch):
@@ -404,6 +406,9 @@ def train_clip(
             perm = torch.randperm(n_train, generator=gen)
             draw = torch.rand(n_train, generator=gen)
             flips = torch.rand(n_train, 2, generator=gen) < 0.5
+            # Drawn after the flips (and only when enabled) so runs without shifts keep their random stream.
+            shifts = (torch.randint(-max_shift, max_shift + 1, (n_train, 2), generator=gen) if max_shift
+                      else None)
             total, count = 0.0, 0
             for b in range(steps_per_epoch):
                 idx = perm[b * bs:(b + 1) * bs]
@@ -412,6 +417,8 @@ def train_clip(
                     fh, fv = flips[idx, 0].view(-1, 1, 1, 1), flips[idx, 1].view(-1, 1, 1, 1)
                     px = torch.where(fh, px.flip(-1), px)
                     px = torch.where(fv, px.flip(-2), px)
+                if shifts is not None:
+                    px = shift_batch(px, shifts[idx])
                 if labelled:
                     y = train.labels[idx]
                     row = offsets[y] + (draw[idx] * counts[y]).long().clamp(max=counts[y] - 1)

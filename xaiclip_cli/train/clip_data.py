@@ -291,3 +291,24 @@ def pairs_data(
     if "train" not in splits:
         raise UsageError(f"pairs CSV {p}: no training rows")
     return ClipData(splits, info={"kind": "pairs", "ref": str(p)})
+
+
+def shift_batch(px: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Translate each image of [B,C,H,W] by integer ``shifts`` [B,2] = (dy, dx) pixels, reflect-padding the edges.
+
+    Content moves by (dy, dx): ``out[..., i, j] = px[..., reflect(i - dy), reflect(j - dx)]`` (CIFAR-style
+    pad-and-crop, so the class evidence is never cut off by a shift smaller than its margin).
+    """
+    if px.shape[0] == 0:
+        return px
+    pad = int(shifts.abs().max())
+    if pad == 0:
+        return px
+    h, w = px.shape[-2:]
+    if pad >= min(h, w):
+        raise ValueError(f"shift {pad} must be smaller than the image side {min(h, w)}")
+    padded = F.pad(px, (pad, pad, pad, pad), mode="reflect")
+    out = torch.empty_like(px)
+    for b, (dy, dx) in enumerate(shifts.tolist()):
+        out[b] = padded[b, :, pad - dy:pad - dy + h, pad - dx:pad - dx + w]
+    return out
