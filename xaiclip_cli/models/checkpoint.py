@@ -236,7 +236,7 @@ class CheckpointBackend(ClipBackend):
     # --- protocol ---------------------------------------------------------------------------------------------
     def provenance(self) -> dict[str, Any]:
         """Model id (export dir or toy name), sha256 of model.safetensors as the revision, preprocessing, versions."""
-        from xaiclip_cli.models.hub import lib_versions
+        from xaiclip_cli.versions import lib_versions
 
         return {
             "backend": self.kind,

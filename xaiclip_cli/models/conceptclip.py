@@ -28,6 +28,7 @@ from xaiclip_cli.models.hf import (
     run_tokenizer,
     tokenizer_config,
 )
+from xaiclip_cli.versions import lib_versions
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class ConceptCLIPBackend(ClipBackend):
             "local_dir": self.ref.local_dir is not None,
             "trust_remote_code": True,
             "model_class": type(self.model).__name__,
-            "lib_versions": hub.lib_versions(),
+            "lib_versions": lib_versions(),
             "processor_config": json_config(self.image_processor),
             "tokenizer_config": tokenizer_config(self.tokenizer, self.context_length, self.padding),
             **self.shape_facts(),

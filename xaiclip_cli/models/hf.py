@@ -22,6 +22,7 @@ from xaiclip_cli.errors import UsageError, XaiclipError
 from xaiclip_cli.models import hub
 from xaiclip_cli.models.base import ClipBackend, ImageInput, resolve_device
 from xaiclip_cli.models.preprocess import as_image_list
+from xaiclip_cli.versions import lib_versions
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ class HFClipBackend(ClipBackend):
             "requested_revision": self.ref.revision,
             "model_revision": self._revision,
             "local_dir": self.ref.local_dir is not None,
-            "lib_versions": hub.lib_versions(),
+            "lib_versions": lib_versions(),
             "processor_config": json_config(self.image_processor),
             "tokenizer_config": tokenizer_config(self.tokenizer, self.context_length, self.padding),
             **self.shape_facts(),

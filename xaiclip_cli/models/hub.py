@@ -7,9 +7,7 @@ The token is read from the environment only when a loader asks for it and is han
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import os
-import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +17,6 @@ from xaiclip_cli.errors import UsageError, XaiclipError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$|^[A-Za-z0-9][\w.\-]*$")
 _SKIP_DIRS = {".git", "__pycache__", ".cache", ".ipynb_checkpoints"}
-LIBS = ("torch", "torchvision", "transformers", "timm", "huggingface_hub", "safetensors", "tokenizers", "numpy",
-        "pillow", "xaiclip")
-
-
 @dataclass(frozen=True)
 class ModelRef:
     """A resolved ``--model``: the id as given, the local directory (or None for a hub id), the revision to ask for."""
@@ -87,17 +81,6 @@ def dir_content_hash(directory: str | Path, chunk: int = 1 << 20) -> str:
             while block := f.read(chunk):
                 h.update(block)
     return "sha256:" + h.hexdigest()
-
-
-def lib_versions() -> dict[str, str | None]:
-    """Versions of Python and the libraries that shape the numbers (None when not installed)."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in LIBS:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def resolved_revision(ref: ModelRef, loaded_config: Any) -> str | None:

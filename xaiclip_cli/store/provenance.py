@@ -2,31 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
 from dataclasses import dataclass, field
 from typing import Any
 
 from xaiclip_cli.store import layout as L
-
-_LIBS = ("torch", "transformers", "timm", "h5py", "numpy", "open_clip_torch", "pillow")
-
-
-def lib_versions() -> dict[str, str]:
-    """Installed versions of the libraries that shape the features (absent ones are skipped)."""
-    return dict(_lib_versions())
-
-
-@functools.lru_cache(maxsize=1)
-def _lib_versions() -> dict[str, str]:
-    # Cached: reading package metadata costs ~2 ms per library and the attrs are built several times per run.
-    out = {}
-    for name in _LIBS:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
+from xaiclip_cli.versions import lib_versions
 
 
 def xaiclip_version() -> str:
