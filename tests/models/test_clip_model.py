@@ -123,3 +123,24 @@ def test_scalars_projections_and_weight_decay_groups() -> None:
     assert float(with_bias.logit_bias.detach()) == -2.0
     out = with_bias.eval()(torch.randn(1, 3, 32, 32), torch.tensor([[2, 5, 3]]))
     assert out["image_features"].shape == (1, 8) and out["text_token_features"].shape == (1, 3, 8)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        {"name": "convnext_atto", "image_size": 32, "kwargs": {"dims": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}},
+        {"name": "efficientnet_b0", "image_size": 32, "kwargs": {}},
+        {"name": "starnet_s050", "image_size": 32, "kwargs": {}},
+    ],
+    ids=["convnext", "efficientnet", "starnet"],
+)
+def test_pooled_cnn_families_tokens_average_to_the_global(image: dict) -> None:
+    m = build(image)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        glob, tokens = m.encode_image(x)
+        raw_glob, _ = m.encode_image(x, normalize=False)
+    assert m.num_prefix_tokens == 0 and tokens.shape[0] == 2 and tokens.shape[-1] == 8
+    # Global average pooling (ConvNeXt: its post-pool norm applied per position) makes the mean token the global.
+    torch.testing.assert_close(tokens.mean(1), raw_glob, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(glob, F.normalize(raw_glob, dim=-1))
