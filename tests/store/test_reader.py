@@ -241,3 +241,16 @@ def test_written_row_reading_as_fill_is_refused(tmp_path: Path) -> None:
         with pytest.raises(XaiclipError, match="row 2 of image_token_features reads as fill"):
             r.batch("train", [0, 2], "patches")
         np.testing.assert_array_equal(r.batch("train", [0, 1], "patches")[1], tr.tokens[[0, 1]])
+
+
+def test_raw_hdf5_read_error_inside_a_reader_block_is_one_named_line(tmp_path) -> None:
+    import pytest
+
+    from xaiclip_cli.errors import XaiclipError
+    from xaiclip_cli.store.reader import StoreReader
+
+    rd = StoreReader(tmp_path / "lib.h5")
+    with pytest.raises(XaiclipError) as e, rd:
+        raise OSError("Can't synchronously read data (addr overflow, addr = 28392)\nmore")
+    assert str(e.value).startswith(f"cannot read store {tmp_path / 'lib.h5'} (Can't synchronously read data")
+    assert "\n" not in str(e.value)

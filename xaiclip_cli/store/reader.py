@@ -200,8 +200,15 @@ class StoreReader:
     def __enter__(self) -> StoreReader:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self.close()
+        # A raw HDF5 read error inside the block (a writer changed the file under us, or it is damaged) becomes one
+        # named line; our own errors pass through unchanged.
+        if isinstance(exc, OSError) and not isinstance(exc, XaiclipError):
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise XaiclipError(
+                f"cannot read store {self.path} ({first}); if a writer is running, retry when it finishes"
+            ) from exc
 
     def _check_is_store(self, f: Any) -> None:
         schema = plain(f.attrs.get(SCHEMA_ATTR, ""))
