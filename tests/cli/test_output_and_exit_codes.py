@@ -110,7 +110,8 @@ def test_sigint_exits_130(tmp_path: Path) -> None:
     deadline = time.time() + 60
     while not (tmp_path / "started").exists():
         assert proc.poll() is None, proc.stderr.read()
-        assert time.time() < deadline
+        if time.time() > deadline:  # a hang guard, not a speed check
+            pytest.fail("the demo command never started")
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)

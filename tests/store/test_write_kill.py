@@ -32,7 +32,8 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None
     t0 = time.time()
     while not path.exists():
         assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < timeout, f"{path} never appeared"
+        if time.time() - t0 > timeout:  # a hang guard, not a speed check
+            pytest.fail(f"{path} never appeared")
         time.sleep(0.005)
 
 
