@@ -112,3 +112,12 @@ def test_commit_groups_give_the_same_store_and_progress_gets_the_total(tmp_path:
     run_image_stage(FakeSource(sizes), FakeBackend(), ImageOptions(h5=tmp_path / "a.h5", layout="single"),
                     progress=progress)
     assert seen["total"] == []  # nothing to do: no bar
+
+
+def test_image_hash_is_blake2b_128_of_the_hwc_bytes_also_for_views() -> None:
+    import hashlib
+
+    img = np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    for a in (img, img[:, ::-1], img.transpose(1, 0, 2)):  # contiguous, then two non-contiguous views
+        want = hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest()
+        assert L.image_hash(a).tobytes() == want
