@@ -144,6 +144,18 @@ def _medmnist_npz(flag: str, size: int | None, root: Path | None) -> dict[str, t
         return {s: (npz[f"{s}_images"], npz[f"{s}_labels"]) for s in SPLITS if f"{s}_images" in npz}
 
 
+def split_csv_paths(split_dir: str | Path, modality: str) -> dict[str, Path]:
+    """The split CSVs of one modality (``{split}_{modality}.csv``); train and val must exist, test is optional."""
+    out: dict[str, Path] = {}
+    for s in SPLITS:
+        path = Path(split_dir) / f"{s}_{modality}.csv"
+        if not path.is_file():
+            if s == "test":
+                continue
+            raise UsageError(f"split CSV {path} not found; run `xaiclip train split` or pass --split-dir")
+        out[s] = path
+    return out
+
 def load_fit_data(
     source: str,
     split_dir: Path,
@@ -157,14 +169,10 @@ def load_fit_data(
     if source == "splits":
         if not modality:
             raise UsageError("fit on split CSVs needs --modality (e.g. A)")
-        splits: dict[str, SplitData] = {}
-        for s in SPLITS:
-            path = Path(split_dir) / f"{s}_{modality}.csv"
-            if not path.is_file():
-                if s == "test":
-                    continue
-                raise UsageError(f"split CSV {path} not found; run `xaiclip train split` or pass --split-dir")
-            splits[s] = FileSplit(read_split_csv(path), image_size, in_chans)
+        splits: dict[str, SplitData] = {
+            s: FileSplit(read_split_csv(path), image_size, in_chans)
+            for s, path in split_csv_paths(split_dir, modality).items()
+        }
         labels = np.concatenate([d.labels for d in splits.values()])
         n_cls = max(2, int(labels.max()) + 1) if len(labels) else 2
         return FitData(splits, n_cls, [f"grade{k}" for k in range(n_cls)],

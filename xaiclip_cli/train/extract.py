@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from xaiclip_cli.errors import UsageError
-from xaiclip_cli.train.data import FileSplit, prepare_batch
+from xaiclip_cli.train.data import SPLITS, FileSplit, prepare_batch, split_csv_paths
 from xaiclip_cli.train.model import model_from_checkpoint
 from xaiclip_cli.train.split import read_split_csv, write_csv
 from xaiclip_cli.train.tree import natural_key
@@ -20,7 +20,6 @@ from xaiclip_cli.train.tree import natural_key
 log = logging.getLogger("xaiclip.train")
 
 FEATURE_COLUMNS = ["patient_id", "feature_path", "label", "num_slices"]
-SPLITS = ("train", "val", "test")
 
 
 @torch.no_grad()
@@ -69,12 +68,7 @@ def extract_features(
     if not overwrite and any(c.exists() for c in csvs):
         raise UsageError(f"{next(c for c in csvs if c.exists())} exists; pass --overwrite to replace features")
     dim = 0
-    for split in SPLITS:
-        path = Path(split_dir) / f"{split}_{modality}.csv"
-        if not path.is_file():
-            if split == "test":
-                continue
-            raise UsageError(f"split CSV {path} not found; run `xaiclip train split` or pass --split-dir")
+    for split, path in split_csv_paths(split_dir, modality).items():
         rows = read_split_csv(path)
         ds = FileSplit(rows, meta["image_size"], meta["in_chans"])
         by_patient: OrderedDict[str, list[int]] = OrderedDict()
