@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -102,6 +103,7 @@ def child(args: argparse.Namespace) -> dict:
         "all_equal": all(r.get("equal", True) for r in records),
         "min_speed_ratio_gradient_methods": min(
             (r["speed_ratio"] for r in records if r["method"] in GRADIENT and "speed_ratio" in r), default=None),
+        "min_speed_ratio_all_methods": min((r["speed_ratio"] for r in records if "speed_ratio" in r), default=None),
         "records": records,
     }
 
@@ -145,7 +147,8 @@ def _compare_model(model_name: str, args: argparse.Namespace) -> list[dict]:
     ctx = {"backend": backend, "pixels": pixels, "text_global": runner.text_global, "targets": targets,
            "layer": layer, "module": find_module(backend.vision_module(), layer.name),
            "wrapper": _ScoreModel.build(backend, runner.text_global),
-           "batches": [(s, min(s + args.batch, len(images))) for s in range(0, len(images), args.batch)]}
+           "batches": [(s, min(s + args.batch, len(images))) for s in range(0, len(images), args.batch)],
+           "repeats": args.repeats}
     methods = [m for m in args.methods.split(",") if m]
     if model_name in ("resnet50", "vit-b16") and "scorecam" in methods and not args.allow_slow:
         methods.remove("scorecam")
@@ -199,13 +202,18 @@ def _compare_method(method: str, ctx: dict) -> dict:
         tg = [ClassifierOutputTarget(int(t)) for t in targets[lo:hi]]
         return holder["cam"](input_tensor=pixels[lo:hi], targets=tg)
 
-    timings, outs = {}, {}
+    runs: dict[str, list[float]] = {"ours": [], "ref": []}
+    outs: dict[str, np.ndarray] = {}
     n = int(pixels.shape[0])
-    for label, fn in (("ours", ours), ("ref", ref)):
+    fns = {"ours": ours, "ref": ref}
+    for fn in fns.values():
         fn(*ctx["batches"][0])  # warm-up batch
-        t0 = time.perf_counter()
-        outs[label] = np.concatenate([fn(lo, hi) for lo, hi in ctx["batches"]])
-        timings[label] = n / (time.perf_counter() - t0)
+    for r in range(ctx["repeats"]):  # alternate who goes first, so drifting machine load hits both alike
+        for label in (("ours", "ref") if r % 2 == 0 else ("ref", "ours")):
+            t0 = time.perf_counter()
+            outs[label] = np.concatenate([fns[label](lo, hi) for lo, hi in ctx["batches"]])
+            runs[label].append(n / (time.perf_counter() - t0))
+    timings = {k: statistics.median(v) for k, v in runs.items()}
     holder["cam"].activations_and_grads.release()
     mine, theirs = outs["ours"], outs["ref"]
     if method == "eigencam":
@@ -225,7 +233,7 @@ def _compare_method(method: str, ctx: dict) -> dict:
         maxdiff = float(np.abs(mine - theirs).max())
     return {"pearson_min": round(min(pear), 6), "max_abs_diff": round(maxdiff, 6), "equal": bool(min(pear) >= 0.999),
             "ours_img_s": round(timings["ours"], 3), "ref_img_s": round(timings["ref"], 3),
-            "speed_ratio": round(timings["ours"] / timings["ref"], 3)}
+            "speed_ratio": round(timings["ours"] / timings["ref"], 3), "repeats": len(runs["ours"])}
 
 
 class _captured:
@@ -250,6 +258,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (median; alternating)")
     ap.add_argument("--allow-slow", action="store_true", help="run ScoreCAM on resnet50/vit-b16 too")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -260,7 +269,8 @@ def main() -> int:
     before = project_distributions()
     status = ensure_reference()
     cmd = [sys.executable, __file__, "--child", "--models", args.models, "--methods", args.methods,
-           "--images", str(args.images), "--batch", str(args.batch), "--threads", str(args.threads)]
+           "--images", str(args.images), "--batch", str(args.batch), "--threads", str(args.threads),
+           "--repeats", str(args.repeats)]
     if args.allow_slow:
         cmd.append("--allow-slow")
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}

@@ -151,3 +151,27 @@ def test_wrong_target_count_raises() -> None:
     be, x, _, _, layer = _setup(False)
     with pytest.raises(ValueError, match="one target per image"):
         compute_maps(be, x, torch.zeros(1, 1), [0], "gradcam", layer)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 16])
+def test_channel_scores_share_one_forward_for_constant_maps(chunk: int) -> None:
+    from xaiclip_cli.explain.cam.score import channel_scores, normalised_masks
+
+    g = torch.Generator().manual_seed(3)
+    A = torch.rand(2, 7, 3, 3, generator=g, dtype=torch.float64)
+    A[0, [1, 4]] = 0.0  # dead channels (after a ReLU) normalise to an all-zero mask
+    A[1, 2] = 0.0
+    pixels = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64)
+    w = torch.randn(3 * 6 * 6, generator=g, dtype=torch.float64)
+    calls: list[int] = []
+
+    def scorer(x: torch.Tensor, b: int) -> torch.Tensor:
+        calls.append(int(x.shape[0]))
+        return torch.tanh(x.flatten(1) @ w) + b  # any non-linear per-input score
+
+    got = channel_scores(A, pixels, scorer, chunk, eps=1e-8)
+    masks = normalised_masks(A, (6, 6), 1e-8)
+    expect = torch.stack([torch.tanh((pixels[b][None] * masks[b][:, None]).flatten(1) @ w) + b for b in range(2)])
+    torch.testing.assert_close(got, expect, rtol=0, atol=1e-12)
+    assert sum(calls) == (7 - 2 + 1) + (7 - 1 + 1)  # the blank input is scored once per image
+    assert all(n <= chunk for n in calls)

@@ -90,9 +90,7 @@ class TinyBackend(ClipBackend):
         return self._bias
 
     def to(self, device, dtype=None):
-        self.device = torch.device(device)
-        self.vision.to(self.device)
-        self.text.to(self.device)
+        self._place(nn.ModuleList([self.vision, self.text]), device, dtype)  # the production placement rules
         return self
 
 

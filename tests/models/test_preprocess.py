@@ -15,7 +15,8 @@ def _per_image(images: list[np.ndarray], *args) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("shape", "size", "channels"), [((40, 40, 3), 40, 3), ((28, 28, 3), 64, 3),
-                                                          ((30, 20, 1), 32, 3), ((32, 32, 3), 32, 1)])
+                                                          ((30, 20, 1), 32, 3), ((32, 32, 3), 32, 1),
+                                                          ((16, 16, 4), 16, 3), ((16, 16, 1), 16, 1)])
 def test_batch_fast_path_equals_per_image(shape: tuple[int, ...], size: int, channels: int) -> None:
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(5)]

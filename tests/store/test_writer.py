@@ -8,9 +8,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from tests.store.fakes import FakeBackend, FakeSource, read_rows
 from xaiclip_cli.store import layout as L
+from xaiclip_cli.store import writer as writer_mod
 from xaiclip_cli.store.image import ImageOptions, run_image_stage
 from xaiclip_cli.store.writer import Batch, RowWriter, create_row_datasets, direct_chunk_ok, merge_adjacent
 
@@ -30,7 +32,10 @@ def _file(path: Path) -> None:
         create_row_datasets(f, N, D, T, "float32", True)
 
 
-def test_grouped_commit_writes_exact_values_and_mask(tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct_row_bytes", [0, 1 << 30], ids=["chunk-per-row", "write-per-batch"])
+def test_grouped_commit_writes_exact_values_and_mask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     direct_row_bytes: int) -> None:
+    monkeypatch.setattr(writer_mod, "DIRECT_ROW_BYTES", direct_row_bytes)  # both token paths, same values
     path = tmp_path / "p.h5"
     _file(path)
     rng = np.random.default_rng(0)

@@ -38,6 +38,7 @@ class ClipBackend(abc.ABC):
         self.dtype = torch.float32
         self.amp: bool | None = None  # None: bf16 autocast on CUDA only; False: never
         self.amp_dtype: torch.dtype | None = None
+        self.channels_last: bool | None = None  # None: decided at placement (conv-heavy towers run NHWC)
 
     def _place(self, module: nn.Module, device: str | torch.device, dtype: torch.dtype | None = None) -> None:
         """Move ``module`` to ``device`` (and ``dtype``) and decide bf16 autocast: on CUDA unless ``amp=False``."""
@@ -45,6 +46,12 @@ class ClipBackend(abc.ABC):
         module.to(self.device) if dtype is None else module.to(self.device, dtype)
         if dtype is not None:
             self.dtype = dtype
+        if self.channels_last is None:
+            self.channels_last = prefers_channels_last(module)
+        if self.channels_last:
+            # Only 4-D weights change layout; convolutions then run NHWC whatever the input's layout (oneDNN and
+            # cuDNN are faster so: 1.3-2.2x on the toy and timm CNNs measured on a CPU), outputs stay NCHW-shaped.
+            module.to(memory_format=torch.channels_last)
         use_amp = self.device.type == "cuda" and self.amp is not False
         self.amp_dtype = torch.bfloat16 if use_amp else None
 
@@ -167,6 +174,15 @@ class ClipBackend(abc.ABC):
     @abc.abstractmethod
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> ClipBackend:
         """Move the model (and future inputs) to ``device``; returns self."""
+
+
+def prefers_channels_last(module: nn.Module) -> bool:
+    """True for convolutional towers (more than one Conv2d); ViTs, whose only conv is the patch embedding, stay NCHW.
+
+    Measured on a CPU (1 thread): channels-last speeds toy-cnn 2.2x, resnet18 1.4x, efficientnet_b0 1.3x,
+    convnext_atto 1.06x, starnet_s1 0.89x, and slows the toy ViT (its patch embedding) by 1.3x.
+    """
+    return sum(isinstance(m, nn.Conv2d) for m in module.modules()) > 1
 
 
 def score_features(

