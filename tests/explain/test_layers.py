@@ -127,3 +127,16 @@ def test_auto_layer_on_conceptclip_replica_is_trunk_norm(tmp_path) -> None:
     backend = load_backend("conceptclip", str(build_replica(tmp_path / "cc")), device="cpu")
     assert backend.num_prefix_tokens == 0
     assert _chosen(backend) == "trunk.norm"
+
+
+def test_auto_layer_of_an_attention_pooled_cnn_is_its_last_stage(tmp_path) -> None:
+    # The CLIP-style attention pool sits on the ClipModel, outside the tower: auto detection stops at layer4.
+    from tests.models.tiny_export import TINY_CNN, build_tiny_export
+    from xaiclip_cli.explain.layers import scan_layers
+    from xaiclip_cli.models.checkpoint import load_export
+
+    backend = load_export(build_tiny_export(tmp_path / "exp", image={**TINY_CNN, "pool": "attn"}), device="cpu")
+    assert _chosen(backend) == "layer4"
+    px = backend.preprocess(np.zeros((1, 32, 32, 3), np.uint8))
+    names = [i.name for i in scan_layers(backend, px, lambda g: g[:, 0])]
+    assert names[-1] == "layer4"  # nothing after the last stage (the pool's 65-token sequences are not spatial)

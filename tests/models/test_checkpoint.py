@@ -176,3 +176,31 @@ def test_vit_with_class_token_has_one_prefix_token(tmp_path: Path) -> None:
     with torch.no_grad():
         _, tok = b.encode_image(b.preprocess(_images(1)))
     assert tok.shape == (1, 16, 8)
+
+
+def test_cnn_with_attention_pool_round_trips_through_an_export(tmp_path: Path) -> None:
+    d = build_tiny_export(tmp_path / "exp", image={**TINY_CNN, "pool": "attn", "pool_heads": 2})
+    meta = json.loads((d / SPEC_FILE).read_text())
+    assert meta["model"]["image_tower"]["pool"] == "attn" and meta["model"]["image_tower"]["pool_heads"] == 2
+    from safetensors.torch import load_file
+
+    state = load_file(str(d / WEIGHTS_FILE))
+    assert tuple(state["image_pool.pos_embed"].shape) == (17, 16)  # 4x4 map + the mean token
+    b = load_checkpoint_backend(str(d), device="cpu")
+    # The pool sits outside the tower: the CAM tower is still the bare ResNet and its grid the layer4 map.
+    assert type(b.vision_module()).__name__ == "ResNet" and b.token_grid == (4, 4)
+    torch.testing.assert_close(b.model.image_pool.pos_embed.detach(), state["image_pool.pos_embed"])
+    px = b.preprocess(_images(2))
+    with torch.no_grad():
+        g, tok = b.encode_image(px)
+        expected = b.model.image_proj(b.model.image_pool(b.model.visual.forward_features(px)))
+    torch.testing.assert_close(g, torch.nn.functional.normalize(expected, dim=-1))
+    assert tok.shape == (2, 16, 8)
+    # Weights without the pool do not match a spec that asks for one: one line, named file.
+    (d / WEIGHTS_FILE).unlink()
+    from safetensors.torch import save_file
+
+    save_file({k: v for k, v in state.items() if not k.startswith("image_pool")}, str(d / WEIGHTS_FILE))
+    with pytest.raises(XaiclipError, match="missing") as exc:
+        load_checkpoint_backend(str(d), device="cpu")
+    assert "\n" not in str(exc.value)

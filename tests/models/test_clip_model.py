@@ -144,3 +144,80 @@ def test_pooled_cnn_families_tokens_average_to_the_global(image: dict) -> None:
     # Global average pooling (ConvNeXt: its post-pool norm applied per position) makes the mean token the global.
     torch.testing.assert_close(tokens.mean(1), raw_glob, atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(glob, F.normalize(raw_glob, dim=-1))
+
+
+RESNET_ATTN = {**RESNET, "pool": "attn", "pool_heads": 2}
+
+
+def test_attn_pool_is_sized_from_image_size_and_output_stride() -> None:
+    m = build(RESNET_ATTN)
+    # 32 px / output stride 8 = a 4x4 map: 16 positions + the mean token carry a learned position embedding.
+    assert m.image_pool.feat_size == (4, 4) and m.image_pool.num_heads == 2
+    assert tuple(m.image_pool.pos_embed.shape) == (17, 16)
+    assert m.visual.forward_features(torch.zeros(1, 3, 32, 32)).shape[-2:] == (4, 4)
+    big = build({**RESNET_ATTN, "image_size": 64, "kwargs": {**RESNET["kwargs"], "output_stride": 16}})
+    assert big.image_pool.feat_size == (4, 4)
+    default_heads = build({**RESNET_ATTN, "pool_heads": None})
+    assert default_heads.image_pool.num_heads == 1  # width 16 < 64: one head
+    assert "image_pool.pos_embed" in m.no_weight_decay()
+    assert not any(n.startswith("image_pool") for n, _ in m.visual.named_modules())
+
+
+@pytest.mark.parametrize("query", ["mean", "learned"])
+def test_attn_pool_global_is_the_attention_pool_and_tokens_follow_the_maskclip_rule(query: str) -> None:
+    m = build({**RESNET_ATTN, "pool_query": query})
+    x = torch.randn(2, 3, 32, 32)
+    pool = m.image_pool
+    with torch.no_grad():
+        if query == "learned":
+            pool.cls_token.normal_()  # timm initialises it to zero; any value must be used as the query token
+        raw_glob, tokens = m.encode_image(x, normalize=False)
+        fmap = m.visual.forward_features(x)
+        b, c, h, w = fmap.shape
+        # CLIP queries with the mean token, a MAP-style pool with a learned one.
+        first = fmap.flatten(2).mean(2, keepdim=True) if query == "mean" else pool.cls_token.t().expand(b, c, 1)
+        seq = torch.cat([first, fmap.flatten(2)], 2).transpose(1, 2) + pool.pos_embed
+        q, k, v = (seq @ pool.qkv.weight.t() + pool.qkv.bias).split(c, dim=-1)
+        # Hand computation of CLIP's AttentionPool2d: the mean token queries every token, per head.
+        heads, hd = pool.num_heads, c // pool.num_heads
+        qh = q[:, :1].reshape(b, 1, heads, hd).transpose(1, 2)
+        kh, vh = (t.reshape(b, h * w + 1, heads, hd).transpose(1, 2) for t in (k, v))
+        att = (qh @ kh.transpose(-1, -2) / hd**0.5).softmax(-1)
+        pooled = (att @ vh).transpose(1, 2).reshape(b, c)
+        torch.testing.assert_close(raw_glob, m.image_proj(pooled), atol=1e-5, rtol=1e-4)
+        # Tokens: value path of every position (its own position embedding), then the projection.
+        torch.testing.assert_close(tokens, m.image_proj(v[:, 1:]), atol=1e-5, rtol=1e-4)
+        assert tokens.shape == (2, h * w, 8)
+
+
+def test_attn_pool_with_uniform_attention_averages_the_tokens() -> None:
+    m = build(RESNET_ATTN)
+    pool = m.image_pool
+    c = pool.in_features
+    with torch.no_grad():
+        pool.qkv.weight[:c].zero_()  # no query: every position gets the same attention weight
+        pool.qkv.bias[:c].zero_()
+        pool.pos_embed[0] = pool.pos_embed[1:].mean(0)  # the mean token's value is then the mean value
+        x = torch.randn(2, 3, 32, 32)
+        raw_glob, tokens = m.encode_image(x, normalize=False)
+        torch.testing.assert_close(tokens.mean(1), raw_glob, atol=1e-5, rtol=1e-4)
+        # The tokens are not all alike (else the check above would be vacuous).
+        assert float((tokens - tokens.mean(1, keepdim=True)).abs().max()) > 1e-3
+        # A different input size resamples the position embedding for the pool and the tokens alike.
+        raw_big, tokens_big = m.encode_image(torch.randn(1, 3, 48, 48), normalize=False)
+        assert tokens_big.shape == (1, 36, 8)
+
+
+@pytest.mark.parametrize(
+    ("image", "match"),
+    [
+        ({**RESNET_ATTN, "pool": "max"}, "must be 'head' or 'attn'"),
+        ({**RESNET_ATTN, "pool_heads": 3}, "must divide"),
+        ({**RESNET_ATTN, "pool_query": "max"}, "must be 'mean' or 'learned'"),
+        ({**VIT_MAP, "pool": "attn"}, "needs a CNN tower"),
+        ({**{k: v for k, v in RESNET_ATTN.items() if k != "image_size"}}, "needs image_size"),
+    ],
+)
+def test_attn_pool_bad_specs(image: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ClipModel(spec(image))

@@ -190,3 +190,27 @@ def test_best_selection_breaks_saturated_ties_by_val_loss() -> None:
     assert not _better(0.9, 1.0, 0.9, 1.0)  # a full tie keeps the earlier epoch
     assert _better(1.0, 0.5, 1.0, 0.7) and not _better(1.0, 0.8, 1.0, 0.7)
     assert not _better(float("nan"), 0.1, 0.5, 1.0)
+
+
+def test_image_pool_settings_reach_the_model_spec(tmp_path: Path) -> None:
+    from xaiclip_cli.models.clip_model import ClipModel
+    from xaiclip_cli.models.text_tower import build_tokenizer
+    from xaiclip_cli.train.clip import model_spec
+
+    tok = build_tokenizer(["a square at the top left"], 16)
+    plain = model_spec(settings(tmp_path), tok)
+    assert "pool" not in plain["image_tower"]  # the default keeps the timm head and the old spec
+    spec = model_spec(settings(tmp_path, image_pool="attn", image_pool_heads=2), tok)
+    assert spec["image_tower"]["pool"] == "attn" and spec["image_tower"]["pool_heads"] == 2
+    m = ClipModel.from_spec(spec)
+    assert m.image_pool is not None and m.image_pool.num_heads == 2 and m.image_pool.feat_size == (4, 4)
+    learned = model_spec(settings(tmp_path, image_pool="attn", image_pool_query="learned"), tok)
+    assert learned["image_tower"]["pool_query"] == "learned" and "pool_heads" not in learned["image_tower"]
+    assert ClipModel.from_spec(learned).image_pool.cls_token is not None
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "clip", "--image-pool", "attn", "--image-pool-heads", "2", "--print-config"])
+    assert r.exit_code == 0, r.output
+    printed = yaml.safe_load(r.stdout)["train"]
+    assert printed["image_pool"] == "attn" and printed["image_pool_heads"] == 2
+    bad = runner.invoke(app, ["train", "clip", "--image-pool", "max"])
+    assert bad.exit_code == 2 and "max" in bad.stderr

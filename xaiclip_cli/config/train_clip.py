@@ -65,6 +65,16 @@ class ClipTrainSettings(RuntimeSettings):
     image_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra timm.create_model keyword arguments as a mapping (YAML/JSON)."
     )
+    image_pool: Literal["head", "attn"] = Field(
+        "head", description="Image pooling: the timm model's own head (avg pool for CNNs), or 'attn', a CLIP-style "
+        "attention pool (learned position embedding, mean-token query) on a CNN's last feature map."
+    )
+    image_pool_heads: int | None = Field(
+        None, ge=1, description="Heads of the 'attn' image pool (default: tower width / 64, as in CLIP's ResNets)."
+    )
+    image_pool_query: Literal["mean", "learned"] = Field(
+        "mean", description="Query of the 'attn' image pool: the mean token (CLIP) or a learned token (MAP-style)."
+    )
     pretrained: bool = Field(False, description="Load timm pretrained weights for the image tower (needs the hub).")
     pretrained_path: Path | None = Field(None, description="Local weights file for the image tower.")
     text_model: str | None = Field(
@@ -88,7 +98,7 @@ class ClipTrainSettings(RuntimeSettings):
     in_chans: int = Field(3, ge=1, le=4, description="Image tower input channels (grey data is repeated to 3).")
     mean: list[float] = Field(default_factory=lambda: [0.5, 0.5, 0.5], description="Normalisation mean.")
     std: list[float] = Field(default_factory=lambda: [0.5, 0.5, 0.5], description="Normalisation std.")
-    lock_image: bool = Field(False, description="Freeze the image tower (train projections + text only).")
+    lock_image: bool = Field(False, description="Freeze the image tower (train projections, an attn pool + text only).")
     lock_text: bool = Field(False, description="Freeze the text tower.")
 
     # --- loss and optimisation --------------------------------------------------------------------------------

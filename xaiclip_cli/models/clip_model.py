@@ -13,6 +13,19 @@ Image features, per tower family (timm ``forward_features`` / ``forward_head(pre
   projected pooled feature (linearity). Heads that normalise after pooling (ConvNeXt ``NormMlpClassifierHead``) get
   that norm applied per position first, so tokens live in the same space as the pooled feature.
 
+Optional CLIP-style attention pool for CNN towers (``spec["image_tower"]["pool"] = "attn"``, ``"pool_heads"``,
+``"pool_query"`` ``mean`` (CLIP) or ``learned`` (a trained query token, as a MAP head); absent or ``"head"`` keeps the
+timm head): ``timm.layers.AttentionPool2d`` as in OpenAI CLIP's ResNets (learned absolute
+position embedding, query = mean token), built with ``out_features=0`` so ``image_proj`` plays CLIP's ``c_proj``;
+its ``feat_size`` is ``image_size // feature_info[-1]["reduction"]`` (output stride included), and it lives on the
+ClipModel (``image_pool``), outside ``visual``, so CAM layer detection still ends at the tower's last stage.
+Global = ``image_proj(image_pool(forward_features(x)))``. Tokens follow MaskCLIP's dense-feature rule (Zhou et al.
+2022): the value path and output projection applied to every position, ``image_proj(v(x_i + pos_i))`` with the
+position embedding resampled exactly as the pool resamples it, dropping the query/key attention. Tokens therefore
+live in the pooled feature's space: the pooled feature is an attention-weighted mean of values, so with uniform
+attention and the mean token's position embedding equal to the mean of the others it is the mean of the tokens.
+Why this rule: the alternative (``image_proj`` of the raw ``layer4`` map) is not in the joint space at all.
+
 Text features: ``text_proj`` of the [CLS] hidden state (``cls`` pooling) or of the mask-weighted mean (``mean``);
 tokens = ``text_proj`` of every hidden state (projected, not normalised), as in ConceptCLIP's ``text_proj``.
 """
@@ -54,6 +67,62 @@ def build_image_tower(spec: dict[str, Any]) -> nn.Module:
     return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs, **extra)
 
 
+def attn_pool_feat_size(visual: nn.Module, image_size: int) -> tuple[int, int]:
+    """Grid of the tower's last feature map for ``image_size`` input: image_size // reduction (timm feature_info)."""
+    info = getattr(visual, "feature_info", None)
+    try:
+        reduction = int(info[-1]["reduction"])  # type: ignore[index]
+    except (TypeError, KeyError, IndexError) as exc:
+        raise ValueError("image pool 'attn' needs a timm tower with feature_info (its output reduction)") from exc
+    side = max(1, int(image_size) // reduction)
+    return side, side
+
+
+def build_image_pool(visual: nn.Module, spec: dict[str, Any]) -> nn.Module | None:
+    """The optional attention pool of an image spec (``pool: attn``), or None for the timm head (``pool: head``)."""
+    pool = spec.get("pool") or "head"
+    if pool == "head":
+        return None
+    if pool != "attn":
+        raise ValueError(f"image pool must be 'head' or 'attn', got {pool!r}")
+    if hasattr(visual, "patch_embed") or getattr(visual, "output_fmt", "NCHW") != "NCHW":
+        raise ValueError("image pool 'attn' needs a CNN tower with an NCHW feature map (not a ViT/Swin)")
+    if spec.get("image_size") is None:
+        raise ValueError("image pool 'attn' needs image_size in the image tower spec (it sizes the position embedding)")
+    from timm.layers import AttentionPool2d
+
+    width = int(visual.num_features)
+    heads = spec.get("pool_heads")
+    heads = int(heads) if heads else max(1, width // 64)  # CLIP's RN towers use 64-wide heads
+    if width % heads:
+        raise ValueError(f"image pool heads ({heads}) must divide the tower width ({width})")
+    query = spec.get("pool_query") or "mean"
+    if query not in ("mean", "learned"):
+        raise ValueError(f"image pool query must be 'mean' or 'learned', got {query!r}")
+    size = attn_pool_feat_size(visual, int(spec["image_size"]))
+    # "learned": a trained query token (timm class_token, as a MAP head) instead of CLIP's mean token.
+    return AttentionPool2d(in_features=width, feat_size=size, out_features=0, num_heads=heads,
+                           class_token=query == "learned")
+
+
+def attn_pool_tokens(pool: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """MaskCLIP dense features [B, h*w, C] of an AttentionPool2d: value path + output proj per position (no attn)."""
+    from timm.layers import resample_abs_pos_embed
+
+    _, _, h, w = feats.shape
+    x = feats.flatten(2).transpose(1, 2)
+    pos = resample_abs_pos_embed(pool.pos_embed.unsqueeze(0), (h, w), old_size=pool.feat_size, num_prefix_tokens=1)
+    x = x + pos[:, 1:]
+    if pool.qkv is None:
+        v = pool.v(x)
+    else:
+        # timm splits qkv output as (3, heads, head_dim): rows [2E, 3E) are the value projection.
+        e = pool.embed_dim
+        bias = None if pool.qkv.bias is None else pool.qkv.bias[2 * e :]
+        v = F.linear(x, pool.qkv.weight[2 * e :], bias)
+    return pool.proj(v)
+
+
 def build_text_tower(spec: dict[str, Any]) -> nn.Module:
     """A transformers AutoModel from a config dict (``model_type`` + config) or a local dir/hub id (``pretrained``)."""
     from transformers import AutoConfig, AutoModel
@@ -86,6 +155,7 @@ class ClipModel(nn.Module):
         spec = copy.deepcopy(spec)
         self.embed_dim = int(spec["embed_dim"])
         self.visual = build_image_tower(spec["image_tower"])
+        self.image_pool = build_image_pool(self.visual, spec["image_tower"])
         self.text = build_text_tower(spec["text_tower"])
         self.text_pooling = spec["text_tower"].get("pooling", "cls")
         if self.text_pooling not in ("cls", "mean"):
@@ -120,6 +190,8 @@ class ClipModel(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names timm's optimizer factory keeps out of weight decay (scalars + the tower's own list)."""
         names = {"logit_scale", "logit_bias"}
+        if self.image_pool is not None:
+            names.add("image_pool.pos_embed")  # like the towers' position embeddings
         nwd = getattr(self.visual, "no_weight_decay", None)
         if callable(nwd):
             names |= {f"visual.{n}" for n in nwd()}
@@ -136,6 +208,8 @@ class ClipModel(nn.Module):
     # --- image ------------------------------------------------------------------------------------------------
     def image_feature_tokens(self, feats: torch.Tensor) -> torch.Tensor:
         """Unprojected per-position features [B,T,C] from ``forward_features`` output (prefix tokens dropped)."""
+        if self.image_pool is not None:
+            return attn_pool_tokens(self.image_pool, feats)
         if feats.ndim == 4:
             if getattr(self.visual, "output_fmt", "NCHW") == "NHWC":
                 return feats.flatten(1, 2)
@@ -149,7 +223,10 @@ class ClipModel(nn.Module):
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(global [B,D] (L2-normalised when ``normalize``), projected tokens [B,T,D])."""
         feats = self.visual.forward_features(pixels)
-        pooled = self.visual.forward_head(feats, pre_logits=True)
+        if self.image_pool is not None:
+            pooled = self.image_pool(feats)
+        else:
+            pooled = self.visual.forward_head(feats, pre_logits=True)
         glob = self.image_proj(pooled)
         tokens = self.image_proj(self.image_feature_tokens(feats))
         return (F.normalize(glob, dim=-1) if normalize else glob), tokens

@@ -93,6 +93,12 @@ def model_spec(settings: Any, tokenizer: Any) -> dict[str, Any]:
              "pretrained": bool(_get(settings, "pretrained", False))}
     if _get(settings, "pretrained_path"):
         image["pretrained_path"] = str(settings.pretrained_path)
+    if (_get(settings, "image_pool", "head") or "head") != "head":
+        image["pool"] = str(settings.image_pool)
+        if _get(settings, "image_pool_heads"):
+            image["pool_heads"] = int(settings.image_pool_heads)
+        if (_get(settings, "image_pool_query", "mean") or "mean") != "mean":
+            image["pool_query"] = str(settings.image_pool_query)
     text_model = _get(settings, "text_model")
     if text_model:
         text: dict[str, Any] = {"pretrained": str(text_model)}
