@@ -43,8 +43,9 @@ demo: install
 	@echo "== cam: heatmaps of image-text alignment on toy cells (toy-cnn and toy-vit)"
 	$(XAICLIP) cam methods
 	$(XAICLIP) cam layers --model toy-cnn --dataset toycells
-	$(XAICLIP) cam run --model toy-cnn --dataset toycells --limit 4 --method gradcam --output-dir $(DEMO_OUT)/cam $(TOY_TEXTS)
+	$(XAICLIP) cam run --model toy-cnn --dataset toycells --limit 4 --method gradcam --score dot --output-dir $(DEMO_OUT)/cam $(TOY_TEXTS)
 	$(XAICLIP) cam run --model toy-vit --dataset toycells --limit 4 --method layercam --output-dir $(DEMO_OUT)/cam $(TOY_TEXTS)
+	$(XAICLIP) cam run --model toy-vit --dataset toycells --limit 4 --method legrad --output-dir $(DEMO_OUT)/cam $(TOY_TEXTS)
 	@echo "== train: patient tree -> split -> fit per modality -> extract -> fuse; a short CLIP run"
 	$(XAICLIP) train toy-tree --output-dir $(DEMO_OUT)/tree
 	$(XAICLIP) train pipeline --root-dir $(DEMO_OUT)/tree --output-dir $(DEMO_OUT)/train --model test_resnet \

@@ -1,7 +1,9 @@
 """Energy-based pointing game of every CAM method on toy cells (ground-truth masks), printed as one JSON record.
 
-For each test image the map explains the true class's caption; the score is the fraction of the ReLU map's energy
-inside the mask (Wang et al., Score-CAM §5.2). ``--mask cells`` scores against the whole target cell (``test_masks``),
+For each test image the map explains the true class's caption (``--score``: logit by default); the score is the
+fraction of the map's energy inside the mask (Wang et al., Score-CAM §5.2; metrics.md §5: the ReLU'd map, upsampled
+and min-max scaled, i.e. the map `cam run` saves). ``--mask cells`` scores against the whole target cell
+(``test_masks``),
 ``--mask nuclei`` against its nucleus plus granules (``test_nuclei``), ``--mask both`` reports both.
 The reference measured in the same run is the mask-area baseline (a uniform map scores the mask's area
 fraction), so ``ratio_vs_area`` > 1 means better than chance.
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = "gradcam,hirescam,layercam,xgradcam,gradcam++,eigencam,scorecam,gscorecam"
+METHODS = "gradcam,hirescam,layercam,xgradcam,gradcam++,eigencam,scorecam,gscorecam,legrad"
 
 
 def energy_inside(maps, masks):
@@ -39,6 +41,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--methods", default=METHODS)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--score", choices=["cosine", "logit", "softmax", "dot"], default="logit",
+                    help="the score explained (softmax over the five class captions is the contrastive one)")
     ap.add_argument("--mask", choices=["cells", "nuclei", "both"], default="cells",
                     help="ground truth: the whole target cell, its nucleus + granules, or both")
     args = ap.parse_args()
@@ -48,9 +52,9 @@ def main() -> int:
     import torch.nn.functional as F
 
     from xaiclip_cli.data.toycells import TOYCELLS_CAPTIONS, TOYCELLS_CLASSES, ToyCellsSource
-    from xaiclip_cli.errors import XaiclipError
+    from xaiclip_cli.errors import UsageError, XaiclipError
     from xaiclip_cli.explain.api import CamRunner
-    from xaiclip_cli.explain.cam.engine import compute_maps, upsample_maps
+    from xaiclip_cli.explain.cam.engine import compute_maps, minmax, upsample_maps
     from xaiclip_cli.models.registry import load_backend
 
     if args.threads:
@@ -83,13 +87,19 @@ def main() -> int:
     for method in [m for m in args.methods.split(",") if m]:
         t0 = time.perf_counter()
         maps = []
+        try:  # a method the tower does not support (legrad on a CNN, dot without the raw embedding) is reported
+            compute_maps(backend, pixels[:1], runner.text_global, labels[:1], method, layer, args.score)
+        except UsageError as exc:
+            rows.append({"method": method, "skipped": str(exc)})
+            continue
         for lo in range(0, n, args.batch):
             hi = min(lo + args.batch, n)
-            bm = compute_maps(backend, pixels[lo:hi], runner.text_global, labels[lo:hi], method, layer, "logit",
+            bm = compute_maps(backend, pixels[lo:hi], runner.text_global, labels[lo:hi], method, layer, args.score,
                               topk=300, score_batch=64)
             up = upsample_maps(bm.raw, tuple(pixels.shape[-2:]))
-            maps.append(F.interpolate(up[:, None], size=masks.shape[-2:], mode="bilinear",
-                                      align_corners=False)[:, 0].clamp(min=0).cpu().numpy())
+            up = F.interpolate(up[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            # metrics.md §5: the energy game scores the min-max map (what `cam run` saves); all-zero maps stay 0.
+            maps.append(minmax(up.clamp(min=0)).cpu().numpy())
         m = np.concatenate(maps)
         peak = m.reshape(n, -1).argmax(1)
         row: dict = {"method": method}
@@ -109,7 +119,7 @@ def main() -> int:
     print(json.dumps({
         "benchmark": "cam_pointing_game", "backend": args.backend, "model": args.model, "layer": layer.name,
         "layout": layer.layout, "images": n, "zero_shot_accuracy": round(accuracy, 3),
-        "mask": args.mask,
+        "mask": args.mask, "score": args.score,
         **{("mask_area_baseline" if k == "cells" else f"mask_area_baseline_{k}"): round(float(a.mean()), 4)
            for k, a in areas.items()}, "threads": torch.get_num_threads(), "methods": rows,
     }))

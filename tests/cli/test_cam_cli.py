@@ -184,3 +184,29 @@ def test_two_worker_processes_on_cpu(tmp_path) -> None:
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 3
     assert not list(out.glob(".manifest.rank*"))
     assert len(list((out / "test").glob("*.npz"))) == 3
+
+
+def test_dot_score_is_explained_and_recorded(tmp_path) -> None:
+    (img,) = _write_images(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    r = _run(["cam", "run", "--images", str(img), "--text", "a round cell", "--text", "a dog", "--score", "dot",
+              "--output-dir", str(out), "--output-name", "d", "--json"])
+    assert r.exit_code == 0, r.output
+    side = json.loads((out / "d.json").read_text())
+    assert side["score"] == "dot"
+    # dot ranks the texts as the logits do, on another scale (|g| instead of exp(τ)).
+    assert int(np.argmax(side["scores"])) == int(np.argmax(side["logits"]))
+    assert not np.allclose(side["scores"], side["logits"])
+
+
+def test_dot_score_without_unnormalised_embedding_exits_2(tmp_path, monkeypatch) -> None:
+    from tests.explain import tiny_backends as tb
+
+    def missing(self, pixels):
+        raise NotImplementedError(f"backend {self.name} does not expose the unnormalised image embedding")
+
+    monkeypatch.setattr(tb.TinyBackend, "encode_image_unnormalized", missing)
+    (img,) = _write_images(tmp_path / "in", 1)
+    r = _run(["cam", "run", "--images", str(img), "--text", "a", "--score", "dot", "--output-dir", str(tmp_path / "o")])
+    assert r.exit_code == 2, r.output
+    assert "--score dot" in r.output and "use --score logit" in r.output

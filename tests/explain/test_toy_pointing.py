@@ -1,4 +1,11 @@
-"""Sanity check on the shipped toy models: Grad-CAM puts more map energy in the mask than a uniform map would."""
+"""Localisation on the shipped toy models: most of each map's energy lies inside the target cell's mask.
+
+Energy pointing game (metrics.md §5: ReLU'd map, upsampled, min-max scaled; Σ inside / Σ all) over the first 50
+toy-cells test images, each explained for its true class's caption; a uniform map scores the mask area, 0.19.
+toy-cnn is average-pooled, so it is explained with ``--score dot`` (with cosine/logit its Grad-CAM map sums to zero
+and only 0.21 lands in the cells); toy-vit (attention-pooled) with the default logit. The full per-method table is
+`benchmarks/cam_pointing_game.py`.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +14,34 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xaiclip_cli.errors import XaiclipError
+CASES = [
+    ("toy-cnn", "dot", ["gradcam", "hirescam", "layercam", "xgradcam", "gradcam++", "eigencam"]),
+    ("toy-vit", "logit", ["hirescam", "layercam", "eigencam"]),
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["toy-cnn", "toy-vit"])
-def test_gradcam_on_toy_model_beats_mask_area_baseline(name: str) -> None:
+@pytest.mark.parametrize(("name", "score", "methods"), CASES, ids=[c[0] for c in CASES])
+def test_most_map_energy_lies_inside_the_cell(name: str, score: str, methods: list[str]) -> None:
     from xaiclip_cli.data.toycells import TOYCELLS_CAPTIONS, TOYCELLS_CLASSES, ToyCellsSource
     from xaiclip_cli.explain.api import CamRunner
-    from xaiclip_cli.explain.cam.engine import compute_maps, upsample_maps
+    from xaiclip_cli.explain.cam.engine import compute_maps, minmax, upsample_maps
     from xaiclip_cli.models.registry import load_backend
 
-    try:
-        toy = load_backend("toy", name, device="cpu")
-    except (XaiclipError, ImportError) as exc:
-        pytest.skip(f"{name} not available: {exc}")
-
-    samples = ToyCellsSource().get_many("test", list(range(20)))
+    toy = load_backend("toy", name, device="cpu")
+    samples = ToyCellsSource().get_many("test", list(range(50)))
     masks = np.stack([(s.mask > 0).astype(np.float32) for s in samples])
-    runner = CamRunner(toy, {c: TOYCELLS_CAPTIONS[c][0] for c in TOYCELLS_CLASSES})
+    area = float(masks.mean())
+    runner = CamRunner(toy, {c: TOYCELLS_CAPTIONS[c][0] for c in TOYCELLS_CLASSES}, score=score)
     pixels = runner.pixels([s.image for s in samples])
     layer = runner.resolve_layer(pixels)
-    bm = compute_maps(toy, pixels, runner.text_global, torch.tensor([s.label for s in samples]), "gradcam", layer)
-    maps = F.interpolate(upsample_maps(bm.raw, tuple(pixels.shape[-2:]))[:, None], size=masks.shape[-2:],
-                         mode="bilinear", align_corners=False)[:, 0].clamp(min=0).numpy()
-    energy = (maps * masks).sum((1, 2)) / np.maximum(maps.sum((1, 2)), 1e-12)
-    assert energy.mean() > masks.mean((1, 2)).mean()
+    labels = torch.tensor([s.label for s in samples])
+    energy = {}
+    for method in methods:
+        bm = compute_maps(toy, pixels, runner.text_global, labels, method, layer, score)
+        up = F.interpolate(upsample_maps(bm.raw, tuple(pixels.shape[-2:]))[:, None], size=masks.shape[-2:],
+                           mode="bilinear", align_corners=False)[:, 0]
+        m = minmax(up.clamp(min=0)).numpy()
+        energy[method] = float(((m * masks).sum((1, 2)) / np.maximum(m.sum((1, 2)), 1e-12)).mean())
+    assert 0.15 < area < 0.25
+    assert all(e > 0.5 for e in energy.values()), energy  # most energy inside; chance is the area (0.19)

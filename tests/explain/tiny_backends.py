@@ -74,6 +74,9 @@ class TinyBackend(ClipBackend):
     def encode_image(self, pixels: torch.Tensor):
         return F.normalize(self.vision(pixels.to(self.device)), dim=-1), None
 
+    def encode_image_unnormalized(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vision(pixels.to(self.device))
+
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor):
         e = self.text.emb(ids) * mask[..., None]
         return F.normalize(e.sum(1) / mask.sum(1, keepdim=True).clamp(min=1), dim=-1), None

@@ -71,6 +71,16 @@ def test_encode_image_shapes_and_unit_norms(backend: ClipBackend) -> None:
         assert torch.isfinite(tokens).all()
 
 
+def test_unnormalized_image_embedding_normalises_to_the_global(backend: ClipBackend) -> None:
+    px = backend.preprocess(_images(backend, 2))
+    with torch.no_grad():
+        g, _ = backend.encode_image(px)
+        raw = backend.encode_image_unnormalized(px)
+    assert raw.shape == g.shape
+    assert not torch.allclose(raw.norm(dim=-1), torch.ones(2), atol=1e-3)  # really before the normalisation
+    torch.testing.assert_close(torch.nn.functional.normalize(raw, dim=-1), g, atol=1e-5, rtol=0)
+
+
 def test_encode_text_shapes_and_unit_norms(backend: ClipBackend) -> None:
     ids, mask = backend.tokenize(PROMPTS)
     assert ids.shape == mask.shape and ids.shape[0] == len(PROMPTS)

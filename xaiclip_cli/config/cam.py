@@ -10,7 +10,9 @@ from pydantic import Field, field_validator, model_validator
 from xaiclip_cli.config.base import group_config
 from xaiclip_cli.config.common import ModelSelection, RuntimeSettings
 
-CamMethod = Literal["gradcam", "hirescam", "layercam", "xgradcam", "gradcam++", "eigencam", "scorecam", "gscorecam"]
+CamMethod = Literal[
+    "gradcam", "hirescam", "layercam", "xgradcam", "gradcam++", "eigencam", "scorecam", "gscorecam", "legrad",
+]
 
 
 class CamSettings(ModelSelection, RuntimeSettings):
@@ -62,14 +64,18 @@ class CamSettings(ModelSelection, RuntimeSettings):
     target_layer: str | None = Field(
         None, description="Dotted module name of the image tower (default: auto-detected; see `xaiclip cam layers`)."
     )
-    score: Literal["cosine", "logit", "softmax", "sigmoid"] = Field(
-        "logit", description="Score explained: cosine, logit (scaled, + bias), softmax over texts, sigmoid (SigLIP)."
+    score: Literal["cosine", "logit", "softmax", "sigmoid", "dot"] = Field(
+        "logit", description="Score explained: cosine, logit (scaled, + bias), softmax over texts, sigmoid (SigLIP), "
+        "dot (unnormalised image embedding · text: same ranking as cosine; Grad-CAM = CAM on average-pooled CNNs).",
     )
     batch_size: int = Field(8, ge=1, description="Images per batched forward/backward pass.")
     score_batch: int = Field(16, ge=1, description="Masked inputs per forward in scorecam/gscorecam.")
     topk: int = Field(300, ge=1, description="gscorecam: channels kept (clipped to the layer's channels).")
     gscore_unselected: Literal["ref", "exclude"] = Field(
         "ref", description="gscorecam: unscored channels keep softmax weight e^0/Z (ref, as the paper code) or 0."
+    )
+    legrad_layers: int = Field(
+        0, ge=0, description="legrad: sum the maps of the last K transformer blocks (0 = all blocks)."
     )
     # --- outputs ---
     output_dir: Path = Field(

@@ -16,7 +16,8 @@ import torch
 from xaiclip_cli.errors import UsageError
 from xaiclip_cli.explain.cam import METHODS
 from xaiclip_cli.explain.cam.engine import compute_maps, minmax, upsample_maps
-from xaiclip_cli.explain.layers import LayerInfo, choose_layer, describe_layer, scan_layers
+from xaiclip_cli.explain.cam.legrad import EMPTY_PROMPT, EMPTY_THRESHOLD, find_vit, layer_indices, layer_label
+from xaiclip_cli.explain.layers import LayerInfo, backend_grid, choose_layer, describe_layer, scan_layers
 from xaiclip_cli.explain.targets import normalise_texts, parse_target
 
 SIDECAR_VERSION = 1
@@ -130,9 +131,20 @@ class CamRunner:
         unselected: str = "ref",
         normalise: str = "minmax",
         meta: dict[str, Any] | None = None,
+        legrad_layers: int = 0,
     ) -> None:
         if method not in METHODS:
             raise UsageError(f"unknown --method {method!r} (choose from {', '.join(METHODS)})")
+        self.legrad_layers = int(legrad_layers)
+        self.legrad_blocks: list[int] = []
+        self.legrad_map_pool = False
+        if method == "legrad":
+            if layer:
+                raise UsageError("--target-layer does not apply to --method legrad (it explains the attention of the "
+                                 "last blocks); drop it and set --legrad-layers K instead")
+            tower = find_vit(backend)  # CNN and unsupported towers are refused here, before any image is read
+            self.legrad_blocks = layer_indices(tower.depth, self.legrad_layers)
+            self.legrad_map_pool = tower.map_pool
         if score == "sigmoid" and getattr(backend, "score_family", "softmax") != "sigmoid":
             raise UsageError("--score sigmoid is for SigLIP-style models (bias + sigmoid); use logit or softmax")
         self.backend = backend
@@ -156,6 +168,13 @@ class CamRunner:
         if self.method == "gscorecam":
             p["topk"] = self.topk
             p["unselected"] = self.unselected
+        if self.method == "legrad":
+            map_pool = self.legrad_map_pool
+            p["legrad_layers"] = self.legrad_layers
+            p["blocks"] = self.legrad_blocks
+            p["probabilities"] = "attn_pool" if map_pool else "self-attention (mean token)"
+            p["empty_prompt"] = EMPTY_PROMPT if map_pool else None
+            p["empty_threshold"] = EMPTY_THRESHOLD if map_pool else None
         return p
 
     def pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -166,10 +185,13 @@ class CamRunner:
         """The forced layer (described) or the auto-detected one (scan on the first image); cached."""
         if self.layer is not None:
             return self.layer
+        if self.method == "legrad":
+            self.layer = legrad_layer(self.backend, pixels, self.legrad_blocks)
+            return self.layer
         if self.layer_name:
             self.layer = describe_layer(self.backend, self.layer_name, pixels)
             return self.layer
-        kind = self.score
+        kind = "cosine" if self.score == "dot" else self.score  # same layers get gradient; the scan sees ĝ only
         text = self.text_global
         target = self.target
 
@@ -210,7 +232,8 @@ class CamRunner:
         layer = self.resolve_layer(pixels)
         targets = None if any(j is None for _, j in jobs) else [j for _, j in jobs]
         bm = compute_maps(self.backend, pixels, self.text_global, targets, self.method, layer, self.score,
-                          score_batch=self.score_batch, topk=self.topk, unselected=self.unselected)
+                          score_batch=self.score_batch, topk=self.topk, unselected=self.unselected,
+                          legrad_layers=self.legrad_layers)
         size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
         maps = upsample_maps(bm.raw, size)
         display = minmax(maps) if self.normalise == "minmax" else maps
@@ -240,6 +263,16 @@ class CamRunner:
         return results
 
 
+def legrad_layer(backend: Any, pixels: torch.Tensor, blocks: list[int]) -> LayerInfo:
+    """The sidecar's layer record for legrad: the explained blocks as one NLD token layer (no forward pass)."""
+    tower = find_vit(backend)
+    input_hw = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+    grid = backend_grid(backend, input_hw) or tuple(tower.trunk.patch_embed.grid_size)
+    gh, gw = int(grid[0]), int(grid[1])
+    width = int(getattr(tower.trunk, "embed_dim", 0) or getattr(tower.trunk, "num_features", 0))
+    return LayerInfo(layer_label(tower, blocks), (1, tower.prefix + gh * gw, width), "NLD", tower.prefix, (gh, gw))
+
+
 def explain(
     model_or_adapter: Any,
     images: Any,
@@ -254,11 +287,13 @@ def explain(
     topk: int = 300,
     unselected: str = "ref",
     normalise: str = "minmax",
+    legrad_layers: int = 0,
 ) -> list[CamResult]:
     """Heatmaps of image–text alignment: one CamResult per image (and per text with ``target="all"``).
 
     ``model_or_adapter`` is a ClipBackend (``xaiclip_cli.models.registry.load_backend``); ``images`` are paths, PIL
-    images or uint8 arrays (one or a list); ``texts`` a list of prompts or ``{name: prompt}``.
+    images or uint8 arrays (one or a list); ``texts`` a list of prompts or ``{name: prompt}``; ``legrad_layers`` the
+    last K blocks that ``method="legrad"`` explains (0 = all).
     """
     for attr in ("preprocess", "encode_image", "encode_texts", "score", "vision_module"):
         if not hasattr(model_or_adapter, attr):
@@ -270,7 +305,7 @@ def explain(
         images = list(images)
     srcs = [{"path": str(im)} if isinstance(im, (str, Path)) else {} for im in images]
     runner = CamRunner(model_or_adapter, texts, method, target, layer, score, score_batch=score_batch, topk=topk,
-                       unselected=unselected, normalise=normalise,
+                       unselected=unselected, normalise=normalise, legrad_layers=legrad_layers,
                        meta={"backend": getattr(model_or_adapter, "name", type(model_or_adapter).__name__)})
     return runner.run(images, srcs, batch_size=batch_size)
 

@@ -103,6 +103,13 @@ class ClipBackend(abc.ABC):
     def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(global [B,D] L2-normalised, projected tokens [B,T,D] or None). Differentiable: callers pick no_grad."""
 
+    def encode_image_unnormalized(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The image embedding [B,D] before L2 normalisation (``encode_image``'s global is this, normalised).
+
+        Backends that cannot expose it raise NotImplementedError; the CAM score ``dot`` needs it.
+        """
+        raise NotImplementedError(f"backend {self.name} does not expose the unnormalised image embedding")
+
     @abc.abstractmethod
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(global [K,D] L2-normalised, projected tokens [K,L,D] or None)."""

@@ -271,6 +271,12 @@ class CheckpointBackend(ClipBackend):
             g, tokens = self.model.encode_image(pixels.to(self.device, self.dtype), normalize=False)
         return F.normalize(g.float(), dim=-1), tokens.float()
 
+    def encode_image_unnormalized(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``image_proj`` of the pooled feature [B,D], before normalisation (float32)."""
+        with self.autocast():
+            g, _ = self.model.encode_image(pixels.to(self.device, self.dtype), normalize=False)
+        return g.float()
+
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(normalised global [K,D], projected tokens [K,L,D]); bf16 autocast on CUDA, float32 outputs."""
         with self.autocast():

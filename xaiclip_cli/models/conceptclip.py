@@ -115,6 +115,12 @@ class ConceptCLIPBackend(ClipBackend):
         # Re-normalise in fp32: a no-op in fp32, keeps unit norms to 1e-6 after bf16 autocast.
         return F.normalize(cls.float(), dim=-1), tokens.float()
 
+    def encode_image_unnormalized(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``encode_image(px, normalize=False)[0]`` [B,D] (float32)."""
+        with self.autocast():
+            cls, _ = self.model.encode_image(pixels.to(self.device, self.dtype), normalize=False)
+        return cls.float()
+
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(``encode_text(ids, normalize=True)[0]`` [K,D], ``text_proj(tokens)`` [K,L,D]); pads are masked inside."""
         with self.autocast():

@@ -214,6 +214,14 @@ class HFClipBackend(ClipBackend):
     # features
     def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(normalised pooled projection [B,D], projected patch tokens [B,h*w,D]; CLIP's CLS removed)."""
+        pooled, tokens = self._image_outputs(pixels)
+        return F.normalize(pooled, dim=-1), tokens
+
+    def encode_image_unnormalized(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The pooled projection [B,D] before normalisation (float32)."""
+        return self._image_outputs(pixels)[0]
+
+    def _image_outputs(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         vm = self.model.vision_model
         with self.autocast():
             out = vm(pixel_values=pixels.to(self.device, self.dtype), return_dict=True)
@@ -224,7 +232,7 @@ class HFClipBackend(ClipBackend):
             else:
                 pooled = out.pooler_output  # MAP head; last_hidden_state already went through post_layernorm
                 tokens = hidden
-        return F.normalize(pooled.float(), dim=-1), tokens.float()
+        return pooled.float(), tokens.float()
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(normalised text embedding [K,D], projected token states [K,L,D]). SigLIP ignores the mask (as trained)."""

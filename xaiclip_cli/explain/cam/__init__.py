@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-METHOD_NAMES = ("gradcam", "hirescam", "layercam", "xgradcam", "gradcam++", "eigencam", "scorecam", "gscorecam")
+METHOD_NAMES = ("gradcam", "hirescam", "layercam", "xgradcam", "gradcam++", "eigencam", "scorecam", "gscorecam",
+                "legrad")
 
 
 @dataclass(frozen=True)
@@ -39,5 +40,7 @@ METHODS: dict[str, MethodInfo] = {
                    "softmax of target scores of the input masked by each channel"),
         MethodInfo("gscorecam", "score", True, "topk", True, "CNN; recommended for ViT/SigLIP/ConceptCLIP",
                    "Score-CAM on the top-k channels by gradient (8-10x faster)"),
+        MethodInfo("legrad", "token-gradient", True, "K", True, "ViT, SigLIP",
+                   "ReLU gradients of each block's score w.r.t. attention probabilities, summed over the last K"),
     )
 }

@@ -14,6 +14,7 @@ from xaiclip_cli.explain.cam import METHODS
 from xaiclip_cli.explain.cam.eigen import eigencam
 from xaiclip_cli.explain.cam.gradient import GRADIENT_METHODS
 from xaiclip_cli.explain.cam.hooks import capture
+from xaiclip_cli.explain.cam.legrad import legrad
 from xaiclip_cli.explain.cam.score import gscorecam_weights, scorecam_weights, weighted_map
 from xaiclip_cli.explain.layers import LayerInfo, find_module, to_nchw
 
@@ -44,6 +45,24 @@ def check_targets(targets: Any, batch: int, n_texts: int) -> torch.Tensor:
     return t
 
 
+def embed_and_score(backend: Any, x: torch.Tensor, text_global: torch.Tensor, score: str) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    """(normalised image embedding [B,D], scores [B,K]) of one forward pass.
+
+    ``dot`` = ⟨g, t̂⟩ with g the image embedding *before* normalisation: per image it ranks the texts exactly as the
+    cosine does, but it is not scale-invariant, so on a tower ending in global average pooling + a linear projection
+    Grad-CAM equals CAM (Zhou et al. 2016) instead of a map that sums to zero (cosine/logit: ⟨∂s/∂A, A⟩ = 0).
+    """
+    if score == "dot":
+        try:
+            g = backend.encode_image_unnormalized(x)
+        except NotImplementedError as exc:
+            raise UsageError(f"--score dot: {exc}; use --score logit") from exc
+        return F.normalize(g, dim=-1), g @ text_global.t().to(g.dtype)
+    g, _ = backend.encode_image(x)
+    return g, backend.score(g, text_global, score)
+
+
 def compute_maps(
     backend: Any,
     pixels: torch.Tensor,
@@ -51,28 +70,37 @@ def compute_maps(
     targets: Any | None,
     method: str,
     layer: LayerInfo,
-    score: Literal["cosine", "logit", "softmax", "sigmoid"] = "logit",
+    score: Literal["cosine", "logit", "softmax", "sigmoid", "dot"] = "logit",
     *,
     score_batch: int = 16,
     topk: int = 300,
     unselected: Literal["ref", "exclude"] = "ref",
+    legrad_layers: int = 0,
 ) -> BatchMaps:
     """Raw maps of ``method`` at ``layer`` for a batch, each image explained for its own target text.
 
     ``targets`` holds one text index per image (``len(targets) == B`` is enforced), or None for the best text.
+    ``legrad`` ignores ``layer``: it explains the last ``legrad_layers`` blocks (0 = all) of a ViT tower.
     """
     if method not in METHODS:
         raise UsageError(f"unknown --method {method!r} (choose from {', '.join(METHODS)})")
     info = METHODS[method]
     B = int(pixels.shape[0])
     tgt = None if targets is None else check_targets(targets, B, int(text_global.shape[0])).to(pixels.device)
+    if method == "legrad":
+        if score == "dot":
+            raise UsageError("legrad explains each block's cosine with the text; --score dot is for the CAM methods")
+        out = legrad(backend, pixels, text_global, tgt, layers=legrad_layers)
+        scores = backend.score(out.image_global, text_global, score).detach()
+        logits = backend.score(out.image_global, text_global, "logit").detach()
+        return BatchMaps(raw=out.raw, targets=out.targets, logits=logits.float(), scores=scores.float(),
+                         target_scores=scores.gather(1, out.targets[:, None])[:, 0].float())
     module = find_module(backend.vision_module(), layer.name)
     grad_ctx = torch.enable_grad() if info.needs_gradient else torch.no_grad()
     # The input requires grad so that a graph exists even when the backend froze its weights (requires_grad=False).
     x = pixels.detach().requires_grad_(info.needs_gradient)
     with capture(module) as box, grad_ctx:
-        image_global, _ = backend.encode_image(x)
-        scores = backend.score(image_global, text_global, score)
+        image_global, scores = embed_and_score(backend, x, text_global, score)
         if tgt is None:  # "best": the highest logit of each image, from this same forward pass
             tgt = backend.score(image_global.detach(), text_global, "logit").argmax(dim=1)
         target_scores = scores.gather(1, tgt[:, None])[:, 0]
@@ -99,8 +127,7 @@ def compute_maps(
     chosen = tgt
 
     def scorer(x: torch.Tensor, b: int) -> torch.Tensor:
-        g, _ = backend.encode_image(x)
-        return backend.score(g, text_global, score)[:, int(chosen[b])]
+        return embed_and_score(backend, x, text_global, score)[1][:, int(chosen[b])]
 
     if method in GRADIENT_METHODS:
         assert G is not None

@@ -1,0 +1,251 @@
+"""legrad: hand computations on tiny CLS and MAP timm ViTs, batch == single, restored flags/modules, CLI (cam.md §4)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from tests.explain.tiny_backends import tiny_cnn_backend, tiny_vit_backend
+from xaiclip_cli.cli.main import app
+from xaiclip_cli.errors import UsageError
+from xaiclip_cli.explain import explain
+from xaiclip_cli.explain.cam.engine import compute_maps
+from xaiclip_cli.explain.cam.hooks import hook_count
+from xaiclip_cli.explain.cam.legrad import EMPTY_PROMPT, ProbedPool, layer_indices, legrad
+
+TEXTS = ["a round cell", "a dark nucleus", "a dog"]
+
+
+def _pixels(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def cls_vit():
+    return tiny_vit_backend(seed=1, depth=3)
+
+
+@pytest.fixture(scope="module")
+def map_vit():
+    return tiny_vit_backend(seed=2, depth=3, class_token=False, global_pool="map")
+
+
+def _explicit_block(blk, x):
+    """One timm ViT block written out, returning the output and the attention probabilities (a graph leaf's child)."""
+    h = blk.norm1(x)
+    B, N, C = h.shape
+    a = blk.attn
+    q, k, v = a.qkv(h).reshape(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    P = (q * a.scale @ k.transpose(-2, -1)).softmax(-1)
+    x = x + a.proj((P @ v).transpose(1, 2).reshape(B, N, C))
+    return x + blk.mlp(blk.norm2(x)), P
+
+
+def _explicit_pool(pool, x):
+    """timm's AttentionPoolLatent written out (latent query, no mask), with its probabilities."""
+    B, N, C = x.shape
+    q = pool.q(pool.latent.expand(B, -1, -1)).reshape(B, 1, pool.num_heads, pool.head_dim).transpose(1, 2)
+    k, v = pool.kv(x).reshape(B, N, 2, pool.num_heads, pool.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    P = torch.softmax(q @ k.transpose(-2, -1) * pool.head_dim ** -0.5, dim=-1)
+    o = pool.proj((P @ v).transpose(1, 2).reshape(B, 1, C))
+    o = o + pool.mlp(pool.norm(o))
+    return o[:, 0], P
+
+
+def _tokens(trunk, px):
+    return trunk.norm_pre(trunk._pos_embed(trunk.patch_embed(px)))
+
+
+def test_cls_tower_matches_hand_computation(cls_vit) -> None:
+    trunk = cls_vit.vision_module().trunk
+    px = _pixels(2)
+    t = cls_vit.encode_texts(TEXTS).detach()
+    targets = torch.tensor([0, 2])
+    want = torch.zeros(2, 4, 4)
+    x = _tokens(trunk, px)
+    for blk in trunk.blocks:
+        x, P = _explicit_block(blk, x)
+        f = F.normalize(trunk.head(trunk.fc_norm(trunk.norm(x.mean(1)))), dim=-1)  # mean token → norm → head
+        s = (f * t[targets]).sum()
+        (g,) = torch.autograd.grad(s, P, retain_graph=True)
+        want += g.clamp(min=0).mean(dim=(1, 2))[:, 1:].reshape(2, 4, 4)  # heads, queries; drop the CLS key
+    got = legrad(cls_vit, px, t, targets).raw
+    assert want.abs().max() > 0
+    torch.testing.assert_close(got, want, atol=1e-7, rtol=1e-5)
+    # K = 2: only the last two blocks
+    assert layer_indices(3, 2) == [1, 2] and layer_indices(3, 0) == [0, 1, 2] and layer_indices(3, 9) == [0, 1, 2]
+
+
+def test_map_tower_matches_hand_computation_with_empty_prompt(map_vit) -> None:
+    trunk = map_vit.vision_module().trunk
+    px = _pixels(3, seed=4)
+    t = map_vit.encode_texts(TEXTS).detach()
+    e = map_vit.encode_texts([EMPTY_PROMPT]).detach()[0]
+    targets = torch.tensor([1, 0, 2])
+    acc, acc_e = torch.zeros(3, 16), torch.zeros(3, 16)
+    with torch.no_grad():
+        x, outs = _tokens(trunk, px), []
+        for blk in trunk.blocks:
+            x = blk(x)
+            outs.append(x)
+    for x_l in outs:
+        pooled, P = _explicit_pool(trunk.attn_pool, trunk.norm(x_l.requires_grad_(True)))
+        f = F.normalize(trunk.head(trunk.fc_norm(pooled)), dim=-1)
+        (g,) = torch.autograd.grad((f * t[targets]).sum(), P, retain_graph=True)
+        (ge,) = torch.autograd.grad((f @ e).sum(), P)
+        acc += g.clamp(min=0).mean(dim=(1, 2))
+        acc_e += ge.clamp(min=0).mean(dim=(1, 2))
+    lo, hi = acc_e.min(1, keepdim=True).values, acc_e.max(1, keepdim=True).values
+    zeroed = (acc_e - lo) / (hi - lo + 1e-7) > 0.8
+    assert zeroed.any() and not zeroed.all()
+    want = torch.where(zeroed, 0.0, acc).reshape(3, 4, 4)
+    got = legrad(map_vit, px, t, targets).raw
+    torch.testing.assert_close(got, want, atol=1e-7, rtol=1e-5)
+    no_fix = legrad(map_vit, px, t, targets, empty_text=None).raw
+    torch.testing.assert_close(no_fix, acc.reshape(3, 4, 4), atol=1e-7, rtol=1e-5)
+
+
+def test_probed_pool_equals_timm(map_vit) -> None:
+    pool = map_vit.vision_module().trunk.attn_pool
+    x = torch.randn(2, 16, 32)
+    with torch.no_grad():
+        probe = ProbedPool(pool)
+        torch.testing.assert_close(probe(x), pool(x), atol=1e-6, rtol=1e-5)
+    assert probe.probs is not None and probe.probs.shape == (2, 2, 1, 16)
+    torch.testing.assert_close(probe.probs.sum(-1), torch.ones(2, 2, 1))
+
+
+@pytest.mark.parametrize("tower", ["cls_vit", "map_vit"])
+def test_batch_equals_single_and_scores(tower, request) -> None:
+    be = request.getfixturevalue(tower)
+    px = _pixels(3, seed=7)
+    t = be.encode_texts(TEXTS).detach()
+    bm = compute_maps(be, px, t, None, "legrad", None, "logit")  # type: ignore[arg-type]
+    for b in range(3):
+        one = compute_maps(be, px[b:b + 1], t, bm.targets[b:b + 1], "legrad", None, "logit")  # type: ignore[arg-type]
+        torch.testing.assert_close(one.raw[0], bm.raw[b], atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        logits = be.score(be.encode_image(px)[0], t, "logit")
+    assert bm.targets.tolist() == logits.argmax(1).tolist()
+    torch.testing.assert_close(bm.logits, logits, atol=1e-5, rtol=1e-5)
+    assert bm.raw.shape == (3, 4, 4) and bool((bm.raw >= 0).all())
+
+
+@pytest.mark.parametrize("tower", ["cls_vit", "map_vit"])
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_flags_modules_and_hooks_restored_on_error(tower, fail_at, request, monkeypatch) -> None:
+    be = request.getfixturevalue(tower)
+    trunk = be.vision_module().trunk
+    blocks, pool = trunk.blocks, trunk.attn_pool
+    flags = [b.attn.fused_attn for b in trunk.blocks]
+    assert all(flags)  # timm's default on this torch: fused SDPA
+    t = be.encode_texts(TEXTS).detach()
+    legrad(be, _pixels(1), t, torch.tensor([0]))
+    assert [b.attn.fused_attn for b in trunk.blocks] == flags
+    real, calls = be.encode_image, []
+
+    def flaky(x):
+        calls.append(1)
+        out = real(x)
+        if len(calls) == fail_at:  # 1: inside the first (recording, eager) pass; 2: inside a swapped head pass
+            raise RuntimeError("injected")
+        return out
+
+    monkeypatch.setattr(be, "encode_image", flaky)
+    with pytest.raises(RuntimeError, match="injected"):
+        legrad(be, _pixels(1), t, torch.tensor([0]))
+    assert [b.attn.fused_attn for b in trunk.blocks] == flags
+    assert trunk.blocks is blocks and trunk.attn_pool is pool
+    assert hook_count(be.vision_module()) == 0
+
+
+def test_api_refusals() -> None:
+    with pytest.raises(UsageError, match="CNN"):
+        explain(tiny_cnn_backend(), [np.zeros((32, 32, 3), np.uint8)], TEXTS, method="legrad")
+    with pytest.raises(UsageError, match="--target-layer"):
+        explain(tiny_vit_backend(), [np.zeros((32, 32, 3), np.uint8)], TEXTS, method="legrad", layer="trunk.norm")
+
+
+def test_cli_run_on_toy_vit_and_refusal_on_toy_cnn(tmp_path) -> None:
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["cam", "run", "--model", "toy-vit", "--dataset", "toycells", "--limit", "2",
+                                 "--method", "legrad", "--text", "a neutrophil", "--text", "a lymphocyte",
+                                 "--target", "0", "--output-dir", str(out), "--cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["method"] == "legrad" and res["maps"] == 2 and res["layer"] == "blocks.0-3+attn_pool"
+    for i in range(2):
+        stem = out / "test" / f"test_{i:05d}_legrad_a_neutrophil"
+        for suffix in (".png", "_overlay.png", ".npz", ".json"):
+            assert stem.with_name(stem.name + suffix).is_file(), suffix
+        side = json.loads(stem.with_name(stem.name + ".json").read_text())
+        assert side["method"] == "legrad" and side["method_params"]["blocks"] == [0, 1, 2, 3]
+        raw = np.load(stem.with_name(stem.name + ".npz"))["raw"]
+        assert raw.shape == (8, 8) and raw.max() > 0 and side["layer"]["grid"] == [8, 8]
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 2
+
+    bad = CliRunner().invoke(app, ["cam", "run", "--model", "toy-cnn", "--dataset", "toycells", "--limit", "1",
+                                   "--method", "legrad", "--text", "a cell", "--output-dir", str(tmp_path / "b"),
+                                   "--cpu"])
+    assert bad.exit_code == 2
+    msg = [ln for ln in bad.output.splitlines() if "legrad" in ln]
+    assert len(msg) == 1 and "CNN" in msg[0] and "gradcam" in msg[0]
+
+    listed = CliRunner().invoke(app, ["cam", "methods", "--json"])
+    row = next(m for m in json.loads(listed.stdout)["methods"] if m["method"] == "legrad")
+    assert row["family"] == "token-gradient" and row["towers"] == "ViT, SigLIP"
+
+
+# --- real backends: checkpoint export (CLS ViT + image_proj), ConceptCLIP replica (MAP trunk), HF (refused) --------
+@pytest.fixture(scope="module")
+def cls_export(tmp_path_factory):
+    from tests.models.tiny_export import build_tiny_export
+    from xaiclip_cli.models.checkpoint import load_export
+
+    image = {"name": "vit_base_patch16_224", "image_size": 32,
+             "kwargs": {"patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2}}
+    d = build_tiny_export(tmp_path_factory.mktemp("cls_export") / "export", image=image, seed=3)
+    return load_export(d, device="cpu")
+
+
+def test_checkpoint_cls_vit_goes_through_image_proj(cls_export) -> None:
+    model = cls_export.model
+    trunk = model.visual
+    assert trunk.num_prefix_tokens == 1 and trunk.attn_pool is None
+    px = _pixels(2, seed=9)
+    t = cls_export.encode_texts(["a lymphocyte", "a neutrophil"]).detach()
+    targets = torch.tensor([1, 0])
+    want = torch.zeros(2, 4, 4)
+    x = _tokens(trunk, px)
+    for blk in trunk.blocks:
+        x, P = _explicit_block(blk, x)
+        f = F.normalize(model.image_proj(trunk.fc_norm(trunk.norm(x.mean(1)))), dim=-1)
+        (g,) = torch.autograd.grad((f * t[targets]).sum(), P, retain_graph=True)
+        want += g.clamp(min=0).mean(dim=(1, 2))[:, 1:].reshape(2, 4, 4)
+    torch.testing.assert_close(legrad(cls_export, px, t, targets).raw, want, atol=1e-7, rtol=1e-5)
+
+
+def test_conceptclip_replica_and_hf_refusal(tmp_path_factory) -> None:
+    from tests.models.conceptclip_replica import build_replica
+    from tests.models.conftest import build_tiny_clip
+    from xaiclip_cli.models.conceptclip import load_conceptclip
+    from xaiclip_cli.models.hf import load_hf
+
+    be = load_conceptclip(str(build_replica(tmp_path_factory.mktemp("cc_replica_legrad"), seed=0)), device="cpu")
+    imgs = [np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8) for i in range(2)]
+    res = explain(be, imgs, ["a cell", "a tumour"], method="legrad", target=1, batch_size=2)
+    one = explain(be, imgs[1:], ["a cell", "a tumour"], method="legrad", target=1)
+    assert res[0].layer.name.startswith("trunk.blocks.") and res[0].layer.name.endswith("+attn_pool")
+    assert res[0].params["probabilities"] == "attn_pool"
+    assert all(r.raw.max() > 0 and r.raw.min() >= 0 for r in res)
+    np.testing.assert_allclose(res[1].raw, one[0].raw, atol=1e-6, rtol=1e-5)
+
+    hf = load_hf(str(build_tiny_clip(tmp_path_factory.mktemp("hf_clip_legrad"))), device="cpu")
+    with pytest.raises(UsageError, match="not supported yet"):
+        explain(hf, imgs[:1], ["a cell"], method="legrad")
