@@ -210,3 +210,20 @@ def test_dot_score_without_unnormalised_embedding_exits_2(tmp_path, monkeypatch)
     r = _run(["cam", "run", "--images", str(img), "--text", "a", "--score", "dot", "--output-dir", str(tmp_path / "o")])
     assert r.exit_code == 2, r.output
     assert "--score dot" in r.output and "use --score logit" in r.output
+
+
+def test_dataset_without_texts_uses_its_classes(tmp_path) -> None:
+    out = tmp_path / "out"
+    r = _run(["cam", "run", "--dataset", "toycells", "--limit", "1", "--target", "all", "--no-figure",
+              "--output-dir", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    side = json.loads((out / "test" / "test_00000_gradcam_monocyte.json").read_text())
+    # The shipped toycells prompt set's first label template, one text per class in class order.
+    classes = ("lymphocyte", "neutrophil", "eosinophil", "basophil", "monocyte")
+    assert side["texts"] == [{"name": c, "prompt": f"a microscopic image of a {c} cell"} for c in classes]
+
+
+def test_folder_without_texts_still_exits_2(tmp_path) -> None:
+    (img,) = _write_images(tmp_path / "in", 1)
+    r = _run(["cam", "run", "--images", str(img), "--output-dir", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "no texts" in r.output

@@ -121,9 +121,30 @@ def _texts(s: CamSettings, required: bool = True) -> Any:
         return dict(zip(names, prompts, strict=True))
     if s.text:
         return list(s.text)
+    if required and s.dataset:
+        return _dataset_texts(s.dataset)
     if required:
         raise UsageError("no texts: give --text (repeatable) or --texts-file FILE.json")
     return ["an image"]
+
+
+def _dataset_texts(ref: str) -> dict[str, str]:
+    """--dataset without --text: one text per class, from the dataset's shipped prompt set when its labels are the
+    dataset's classes (first label template), else ``a photo of a {class}`` (CLIP's zero-shot template)."""
+    from xaiclip_cli.data.prompts import load_prompt_set
+    from xaiclip_cli.data.refs import open_source
+
+    names = [str(n) for n in (open_source(ref).info().class_names or [])]
+    if not names:
+        raise UsageError(f"--dataset {ref} names no classes: give --text (repeatable) or --texts-file FILE.json")
+    template = "a photo of a {}"
+    try:
+        prompts = load_prompt_set(ref.split(":", 1)[-1])
+        if prompts.labels == names and prompts.label_templates:
+            template = prompts.label_templates[0]
+    except UsageError:  # no shipped prompt set of that name: the generic template
+        pass
+    return {n: template.format(n) for n in names}
 
 
 def _expand_images(s: CamSettings) -> list[tuple[Path, Path]]:

@@ -37,7 +37,8 @@ class CamSettings(ModelSelection, RuntimeSettings):
     img_size: int | None = Field(None, ge=8, description="Input size of a custom checkpoint (default: the model's).")
     # --- texts and targets ---
     text: list[str] = Field(
-        default_factory=list, description="A text prompt (repeat the flag for several).",
+        default_factory=list,
+        description="A text prompt (repeat the flag for several). With --dataset and no texts: one per class.",
         json_schema_extra={"cli_multiple": True, "cli_aliases": ["--class-texts"]},
     )
     texts_file: Path | None = Field(
