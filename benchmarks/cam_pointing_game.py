@@ -41,6 +41,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--methods", default=METHODS)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--align", choices=["receptive-field", "half-pixel"], default="receptive-field",
+                    help="where CNN map cells land (as `cam run --align`); token grids are half-pixel either way")
     ap.add_argument("--score", choices=["cosine", "logit", "softmax", "dot"], default="logit",
                     help="the score explained (softmax over the five class captions is the contrastive one)")
     ap.add_argument("--mask", choices=["cells", "nuclei", "both"], default="cells",
@@ -76,7 +78,7 @@ def main() -> int:
         truths = {args.mask: truths[args.mask]}
     labels = torch.tensor([s.label for s in samples])
     texts = {c: TOYCELLS_CAPTIONS[c][0] for c in TOYCELLS_CLASSES}
-    runner = CamRunner(backend, texts)
+    runner = CamRunner(backend, texts, score=args.score, align=args.align)
     pixels = runner.pixels(images)
     layer = runner.resolve_layer(pixels)
     with torch.no_grad():
@@ -96,7 +98,8 @@ def main() -> int:
             hi = min(lo + args.batch, n)
             bm = compute_maps(backend, pixels[lo:hi], runner.text_global, labels[lo:hi], method, layer, args.score,
                               topk=300, score_batch=64)
-            up = upsample_maps(bm.raw, tuple(pixels.shape[-2:]))
+            size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+            up = upsample_maps(bm.raw, size, geometry=runner.geometry(layer, size))
             up = F.interpolate(up[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
             # metrics.md §5: the energy game scores the min-max map (what `cam run` saves); all-zero maps stay 0.
             maps.append(minmax(up.clamp(min=0)).cpu().numpy())
@@ -119,7 +122,7 @@ def main() -> int:
     print(json.dumps({
         "benchmark": "cam_pointing_game", "backend": args.backend, "model": args.model, "layer": layer.name,
         "layout": layer.layout, "images": n, "zero_shot_accuracy": round(accuracy, 3),
-        "mask": args.mask, "score": args.score,
+        "mask": args.mask, "score": args.score, "align": args.align,
         **{("mask_area_baseline" if k == "cells" else f"mask_area_baseline_{k}"): round(float(a.mean()), 4)
            for k, a in areas.items()}, "threads": torch.get_num_threads(), "methods": rows,
     }))

@@ -2,9 +2,10 @@
 
 Energy pointing game (metrics.md §5: ReLU'd map, upsampled, min-max scaled; Σ inside / Σ all) over the first 50
 toy-cells test images, each explained for its true class's caption; a uniform map scores the mask area, 0.19.
-toy-cnn is average-pooled, so it is explained with ``--score dot`` (with cosine/logit its Grad-CAM map sums to zero
-and only 0.21 lands in the cells); toy-vit (attention-pooled) with the default logit. The full per-method table is
-`benchmarks/cam_pointing_game.py`.
+Maps are placed as `cam run` places them (CNN cells at their measured receptive-field centres). toy-cnn is
+average-pooled: with ``--score dot`` every gradient method localises; with the default logit its Grad-CAM map sums to
+zero (0.26 lands in the cells), so only layercam, gradcam++ and eigencam are held to it. toy-vit (attention-pooled)
+uses the default logit. The full per-method table is `benchmarks/cam_pointing_game.py`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import torch.nn.functional as F
 
 CASES = [
     ("toy-cnn", "dot", ["gradcam", "hirescam", "layercam", "xgradcam", "gradcam++", "eigencam"]),
+    ("toy-cnn", "logit", ["layercam", "gradcam++", "eigencam"]),
     ("toy-vit", "logit", ["hirescam", "layercam", "eigencam"]),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "score", "methods"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("name", "score", "methods"), CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_most_map_energy_lies_inside_the_cell(name: str, score: str, methods: list[str]) -> None:
     from xaiclip_cli.data.toycells import TOYCELLS_CAPTIONS, TOYCELLS_CLASSES, ToyCellsSource
     from xaiclip_cli.explain.api import CamRunner
@@ -39,9 +41,10 @@ def test_most_map_energy_lies_inside_the_cell(name: str, score: str, methods: li
     energy = {}
     for method in methods:
         bm = compute_maps(toy, pixels, runner.text_global, labels, method, layer, score)
-        up = F.interpolate(upsample_maps(bm.raw, tuple(pixels.shape[-2:]))[:, None], size=masks.shape[-2:],
-                           mode="bilinear", align_corners=False)[:, 0]
+        size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+        up = upsample_maps(bm.raw, size, geometry=runner.geometry(layer, size))
+        up = F.interpolate(up[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         m = minmax(up.clamp(min=0)).numpy()
         energy[method] = float(((m * masks).sum((1, 2)) / np.maximum(m.sum((1, 2)), 1e-12)).mean())
     assert 0.15 < area < 0.25
-    assert all(e > 0.5 for e in energy.values()), energy  # most energy inside; chance is the area (0.19)
+    assert all(e > 0.55 for e in energy.values()), energy  # most energy inside; chance is the area (0.19)

@@ -241,6 +241,7 @@ def _execute(s: CamSettings, todo: list[_Item], device: str, manifest: Path, adv
         meta["provenance"] = backend.provenance()
     runner = CamRunner(backend, texts, s.method, target, s.target_layer, s.score, score_batch=s.score_batch,
                        topk=s.topk, unselected=s.gscore_unselected, normalise=s.normalise, meta=meta,
+                       align=s.align,
                        legrad_layers=s.legrad_layers)
     out_root = s.output_dir
     rows: list[dict[str, Any]] = []

@@ -84,6 +84,11 @@ class CamSettings(ModelSelection, RuntimeSettings):
     )
     output_name: str | None = Field(None, description="Base name of the outputs (only for a single image).")
     normalise: Literal["minmax", "none"] = Field("minmax", description="Display normalisation of the PNG maps.")
+    align: Literal["receptive-field", "half-pixel"] = Field(
+        "receptive-field",
+        description="Where a CNN map's cells land on the image: at their measured receptive-field centres, or "
+        "half-pixel as pytorch-grad-cam/cv2.resize (ViT token grids are half-pixel either way).",
+    )
     colormap: str = Field("jet", description="Matplotlib colormap of heatmaps and overlays.")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Heatmap opacity in overlays.")
     figure: bool = Field(True, description="Write the four-panel <name>.png figure.")

@@ -18,6 +18,7 @@ from xaiclip_cli.explain.cam import METHODS
 from xaiclip_cli.explain.cam.engine import compute_maps, minmax, upsample_maps
 from xaiclip_cli.explain.cam.legrad import EMPTY_PROMPT, EMPTY_THRESHOLD, find_vit, layer_indices, layer_label
 from xaiclip_cli.explain.layers import LayerInfo, backend_grid, choose_layer, describe_layer, scan_layers
+from xaiclip_cli.explain.registration import CellGeometry, receptive_field_centres
 from xaiclip_cli.explain.targets import normalise_texts, parse_target
 
 SIDECAR_VERSION = 1
@@ -132,6 +133,7 @@ class CamRunner:
         normalise: str = "minmax",
         meta: dict[str, Any] | None = None,
         legrad_layers: int = 0,
+        align: str = "receptive-field",
     ) -> None:
         if method not in METHODS:
             raise UsageError(f"unknown --method {method!r} (choose from {', '.join(METHODS)})")
@@ -145,6 +147,10 @@ class CamRunner:
             tower = find_vit(backend)  # CNN and unsupported towers are refused here, before any image is read
             self.legrad_blocks = layer_indices(tower.depth, self.legrad_layers)
             self.legrad_map_pool = tower.map_pool
+        if align not in ("receptive-field", "half-pixel"):
+            raise UsageError(f"unknown --align {align!r} (receptive-field or half-pixel)")
+        self.align = align
+        self._geometry: dict[tuple[str, tuple[int, int]], CellGeometry | None] = {}
         if score == "sigmoid" and getattr(backend, "score_family", "softmax") != "sigmoid":
             raise UsageError("--score sigmoid is for SigLIP-style models (bias + sigmoid); use logit or softmax")
         self.backend = backend
@@ -223,6 +229,16 @@ class CamRunner:
             out.extend(self._run_jobs(arrays, srcs, chunk))
         return out
 
+    def geometry(self, layer: LayerInfo, size: tuple[int, int]) -> CellGeometry | None:
+        """Measured cell geometry of a CNN (NCHW) layer for ``--align receptive-field``; None = half-pixel (token
+        grids, NHWC towers whose patch merging is half-pixel by construction, or ``--align half-pixel``)."""
+        if self.align != "receptive-field" or layer.layout != "NCHW" or self.method == "legrad":
+            return None
+        key = (layer.name, size)
+        if key not in self._geometry:
+            self._geometry[key] = receptive_field_centres(self.backend, layer, size)
+        return self._geometry[key]
+
     def _run_jobs(self, arrays: list[np.ndarray], srcs: list[dict[str, Any]],
                   jobs: list[tuple[int, int | None]]) -> list[CamResult]:
         t0 = time.perf_counter()
@@ -235,7 +251,8 @@ class CamRunner:
                           score_batch=self.score_batch, topk=self.topk, unselected=self.unselected,
                           legrad_layers=self.legrad_layers)
         size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
-        maps = upsample_maps(bm.raw, size)
+        geometry = self.geometry(layer, size)
+        maps = upsample_maps(bm.raw, size, geometry=geometry)
         display = minmax(maps) if self.normalise == "minmax" else maps
         raw_np = bm.raw.cpu().numpy().astype(np.float32)
         maps_np = maps.cpu().numpy().astype(np.float32)
@@ -250,7 +267,8 @@ class CamRunner:
             t = int(tgts[b])
             all_zero = not bool(maps_np[b].max() > 0)
             meta = {**self.meta, "runtime_s": runtime, "device": str(pixels.device), "dtype": str(pixels.dtype),
-                    "input_size": list(size)}
+                    "input_size": list(size), "align": self.align if geometry is not None else "half-pixel",
+                    "cell_geometry": geometry.as_dict() if geometry is not None else None}
             results.append(CamResult(
                 raw=raw_np[b], map=maps_np[b], display=disp_np[b], image=arrays[i], image_index=i,
                 target_index=t, target_name=self.names[t], target_rule=rule, names=self.names, prompts=self.prompts,
@@ -269,7 +287,7 @@ def legrad_layer(backend: Any, pixels: torch.Tensor, blocks: list[int]) -> Layer
     input_hw = (int(pixels.shape[-2]), int(pixels.shape[-1]))
     grid = backend_grid(backend, input_hw) or tuple(tower.trunk.patch_embed.grid_size)
     gh, gw = int(grid[0]), int(grid[1])
-    width = int(getattr(tower.trunk, "embed_dim", 0) or getattr(tower.trunk, "num_features", 0))
+    width = tower.width or int(getattr(tower.trunk, "embed_dim", 0) or getattr(tower.trunk, "num_features", 0))
     return LayerInfo(layer_label(tower, blocks), (1, tower.prefix + gh * gw, width), "NLD", tower.prefix, (gh, gw))
 
 
@@ -288,12 +306,14 @@ def explain(
     unselected: str = "ref",
     normalise: str = "minmax",
     legrad_layers: int = 0,
+    align: str = "receptive-field",
 ) -> list[CamResult]:
     """Heatmaps of image–text alignment: one CamResult per image (and per text with ``target="all"``).
 
     ``model_or_adapter`` is a ClipBackend (``xaiclip_cli.models.registry.load_backend``); ``images`` are paths, PIL
     images or uint8 arrays (one or a list); ``texts`` a list of prompts or ``{name: prompt}``; ``legrad_layers`` the
-    last K blocks that ``method="legrad"`` explains (0 = all).
+    last K blocks that ``method="legrad"`` explains (0 = all); ``align`` where a CNN map's cells land on the image
+    (``receptive-field``: measured centres, see explain.registration; ``half-pixel``: as pytorch-grad-cam).
     """
     for attr in ("preprocess", "encode_image", "encode_texts", "score", "vision_module"):
         if not hasattr(model_or_adapter, attr):
@@ -305,7 +325,7 @@ def explain(
         images = list(images)
     srcs = [{"path": str(im)} if isinstance(im, (str, Path)) else {} for im in images]
     runner = CamRunner(model_or_adapter, texts, method, target, layer, score, score_batch=score_batch, topk=topk,
-                       unselected=unselected, normalise=normalise, legrad_layers=legrad_layers,
+                       unselected=unselected, normalise=normalise, legrad_layers=legrad_layers, align=align,
                        meta={"backend": getattr(model_or_adapter, "name", type(model_or_adapter).__name__)})
     return runner.run(images, srcs, batch_size=batch_size)
 

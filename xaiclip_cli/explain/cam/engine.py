@@ -17,6 +17,7 @@ from xaiclip_cli.explain.cam.hooks import capture
 from xaiclip_cli.explain.cam.legrad import legrad
 from xaiclip_cli.explain.cam.score import gscorecam_weights, scorecam_weights, weighted_map
 from xaiclip_cli.explain.layers import LayerInfo, find_module, to_nchw
+from xaiclip_cli.explain.registration import CellGeometry, upsample_registered
 
 
 @dataclass
@@ -146,9 +147,13 @@ def compute_maps(
                      target_scores=target_scores.detach().float())
 
 
-def upsample_maps(raw: torch.Tensor, size: tuple[int, int], relu: bool = True) -> torch.Tensor:
-    """ReLU (optional) then bilinear upsampling with ``align_corners=False``: [B, h, w] → [B, H, W]."""
+def upsample_maps(raw: torch.Tensor, size: tuple[int, int], relu: bool = True,
+                  geometry: CellGeometry | None = None) -> torch.Tensor:
+    """ReLU (optional) then bilinear upsampling [B, h, w] → [B, H, W]: half-pixel (``align_corners=False``), or
+    cells placed at their measured receptive-field centres when ``geometry`` is given (see explain.registration)."""
     m = raw.clamp(min=0) if relu else raw
+    if geometry is not None:
+        return upsample_registered(m.float(), size, geometry)
     return F.interpolate(m[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 

@@ -1,4 +1,4 @@
-"""LeGrad (Bousselham et al. 2024, arXiv 2404.03214): token-gradient maps of timm ViT/SigLIP towers.
+"""LeGrad (Bousselham et al. 2024, arXiv 2404.03214): token-gradient maps of ViT/SigLIP image towers.
 
 For each of the last K blocks l, the block's tokens are sent through the rest of the tower as if they were the last
 block's output (final norm, pooling, projection, normalisation), giving s_l = ⟨f_l, t̂⟩ with the target text t̂.
@@ -8,13 +8,22 @@ the reference does), or the MAP attention-pool head's probabilities for SigLIP-s
 Maps are summed over l; for MAP towers, positions where the min-max map of an "empty" prompt exceeds 0.8 are zeroed
 (the reference's correction). Min-max scaling is left to the CAM pipeline (``--normalise``).
 
+Supported towers: timm ViTs (toy-vit, checkpoint ViTs, the ConceptCLIP trunk; CLS, mean or ``AttentionPoolLatent``
+pooling) and the ``hf`` backend's transformers towers: CLIP (CLS → ``post_layernorm`` → ``visual_projection``) and
+SigLIP (``post_layernorm`` → ``SiglipMultiheadAttentionPoolingHead``). CNN and other towers get a one-line UsageError.
+
 Hand-written because no installed library implements it: the reference (WalBouss/LeGrad, MIT) patches open_clip's
-forward methods. Here the backend's own ``encode_image`` is reused for every layer by temporarily swapping the timm
-trunk's block stack for a module that returns the captured block-l tokens, so each backend's head (CLS, mean or MAP
-pooling, ``image_proj``, ConceptCLIP's head) is the one its global feature uses. Self-attention probabilities are
-read at ``attn.attn_drop``'s input with timm's fused attention switched off for the call (restored after, also on
-error); timm's ``AttentionPoolLatent`` computes its softmax inline, so its forward is re-expressed in
-:class:`ProbedPool` with the probabilities kept (a test checks it against timm's output).
+forward methods. Here the backend's own ``encode_image`` is reused for every layer by temporarily swapping the block
+stack (timm ``trunk.blocks``; transformers ``vision_model.encoder``) for a module that returns the captured block-l
+tokens, so each backend's head (CLS, mean or MAP pooling, ``image_proj``, ConceptCLIP's head, CLIP's
+``post_layernorm`` + ``visual_projection``) is the one its global feature uses. Self-attention probabilities are read
+where the forward uses them: at ``attn.attn_drop``'s input with timm's fused attention switched off, and as the
+second output of transformers' ``self_attn`` with ``config._attn_implementation`` set to ``"eager"`` (SDPA returns
+no probabilities; eval-mode dropout with p=0 returns the tensor itself), both only for the call (restored after,
+also on error). timm's ``AttentionPoolLatent`` computes its softmax inline and SigLIP's head goes through
+``nn.MultiheadAttention``, whose returned weights are a copy (head-averaged by default) rather than the tensor it
+multiplies, so both forwards are re-expressed (:class:`ProbedPool`, :class:`ProbedMapHead`) with the probabilities
+kept (tests check them against the libraries' outputs).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from xaiclip_cli.errors import UsageError, XaiclipError
@@ -38,7 +48,7 @@ _CNN_HINT = "use gradcam, layercam or gscorecam for CNN towers"
 
 @dataclass
 class VitTower:
-    """The timm ViT trunk inside a backend's image tower, and how its features are pooled."""
+    """The ViT trunk inside a backend's image tower (timm or transformers), and how its features are pooled."""
 
     trunk: nn.Module
     name: str  # dotted path of the trunk in the vision module ("" = the vision module itself)
@@ -46,6 +56,23 @@ class VitTower:
     map_pool: bool  # MAP attention-pool head (SigLIP, ConceptCLIP, toy-vit) rather than CLS/avg pooling
     prefix: int  # CLS/register tokens before the patch tokens
     key_prefix: int  # prefix tokens among the keys of the explained attention (0 when MAP skips the prefix)
+    family: str = "timm"  # "timm" (trunk.blocks / trunk.attn_pool) or "hf" (vision_model.encoder.layers / .head)
+    width: int = 0  # token width of the blocks
+
+    @property
+    def blocks(self) -> nn.Module:
+        """The block stack (timm ``blocks``, transformers ``encoder.layers``)."""
+        return self.trunk.encoder.layers if self.family == "hf" else self.trunk.blocks
+
+    @property
+    def stack_attr(self) -> tuple[nn.Module, str]:
+        """(parent, attribute) of the module swapped for the captured tokens: timm ``blocks``, hf ``encoder``."""
+        return (self.trunk, "encoder") if self.family == "hf" else (self.trunk, "blocks")
+
+    @property
+    def pool_attr(self) -> str:
+        """Attribute of the MAP head on the trunk."""
+        return "head" if self.family == "hf" else "attn_pool"
 
 
 def _is_timm_vit(m: nn.Module) -> bool:
@@ -53,14 +80,50 @@ def _is_timm_vit(m: nn.Module) -> bool:
             and hasattr(m, "forward_head") and hasattr(m, "norm") and hasattr(m, "attn_pool"))
 
 
+def _timm_width(m: nn.Module) -> int:
+    return int(getattr(m, "embed_dim", 0) or getattr(m, "num_features", 0) or 0)
+
+
 def _is_latent_pool(m: Any) -> bool:
     names = ("latent", "q", "kv", "q_norm", "k_norm", "proj", "proj_drop", "num_heads", "head_dim", "scale", "pool")
     return m is not None and all(hasattr(m, n) for n in names)
 
 
+def _is_hf_vision(m: nn.Module) -> bool:
+    """A transformers CLIP/SigLIP vision model: embeddings, ``encoder.layers`` of blocks with ``self_attn``, norm."""
+    layers = getattr(getattr(m, "encoder", None), "layers", None)
+    return (isinstance(layers, nn.ModuleList) and len(layers) > 0 and hasattr(m, "embeddings")
+            and hasattr(m, "post_layernorm") and all(hasattr(getattr(b, "self_attn", None), "config") for b in layers))
+
+
+def _is_hf_map_head(m: Any) -> bool:
+    """SigLIP's ``SiglipMultiheadAttentionPoolingHead`` in the form :class:`ProbedMapHead` re-expresses."""
+    mha = getattr(m, "attention", None)
+    return (all(hasattr(m, n) for n in ("probe", "layernorm", "mlp")) and isinstance(mha, nn.MultiheadAttention)
+            and mha.batch_first and mha.in_proj_weight is not None and mha.bias_k is None and not mha.add_zero_attn)
+
+
+def _hf_tower(m: nn.Module) -> VitTower:
+    """The VitTower of a transformers vision model (CLIP: CLS self-attention; SigLIP: MAP head)."""
+    layers = m.encoder.layers
+    width = int(getattr(m.config, "hidden_size", 0) or 0)
+    head = getattr(m, "head", None) if getattr(m, "use_head", True) else None
+    if head is not None:
+        if not _is_hf_map_head(head):
+            raise UsageError(f"--method legrad: the pooling head {type(head).__name__} of the image tower is not a "
+                             "SigLIP attention-pooling head; use gradcam or gscorecam")
+        return VitTower(m, "", len(layers), True, 0, 0, family="hf", width=width)
+    if getattr(m.embeddings, "class_embedding", None) is None:
+        raise UsageError(f"--method legrad: the {type(m).__name__} tower has neither a CLS token nor an "
+                         "attention-pooling head; use gradcam or gscorecam")
+    return VitTower(m, "", len(layers), False, 1, 1, family="hf", width=width)
+
+
 def find_vit(backend: Any) -> VitTower:
-    """The timm ViT trunk of ``backend``'s image tower; a one-line UsageError for CNN and unsupported towers."""
+    """The ViT trunk of ``backend``'s image tower; a one-line UsageError for CNN and unsupported towers."""
     vision = backend.vision_module()
+    if _is_hf_vision(vision):
+        return _hf_tower(vision)
     for name, m in vision.named_modules():
         if not _is_timm_vit(m):
             continue
@@ -71,14 +134,15 @@ def find_vit(backend: Any) -> VitTower:
                 raise UsageError(f"--method legrad: the attention pool {type(pool).__name__} of the image tower is "
                                  "not a timm AttentionPoolLatent; use gradcam or gscorecam")
             key_prefix = prefix if getattr(m, "pool_include_prefix", False) else 0
-            return VitTower(m, name, len(m.blocks), True, prefix, key_prefix)
+            return VitTower(m, name, len(m.blocks), True, prefix, key_prefix, width=_timm_width(m))
         if not all(hasattr(getattr(b, "attn", None), "attn_drop") for b in m.blocks):
             raise UsageError("--method legrad: the ViT blocks of the image tower do not expose attention "
                              "probabilities (timm Attention with attn_drop); use gradcam or gscorecam")
-        return VitTower(m, name, len(m.blocks), False, prefix, prefix)
+        return VitTower(m, name, len(m.blocks), False, prefix, prefix, width=_timm_width(m))
     kind = type(vision).__name__
     if "Vision" in kind or hasattr(vision, "encoder"):
-        raise UsageError(f"--method legrad supports timm ViT/SigLIP towers (toy-vit, checkpoint ViTs, ConceptCLIP); "
+        raise UsageError(f"--method legrad supports timm ViT/SigLIP towers (toy-vit, checkpoint ViTs, ConceptCLIP) "
+                     f"and transformers CLIP/SigLIP; "
                          f"the {kind} tower is not supported yet: use gradcam, layercam or gscorecam")
     raise UsageError(f"--method legrad needs a ViT/SigLIP image tower, but this one is a {kind} (no transformer "
                      f"blocks); {_CNN_HINT}")
@@ -101,6 +165,51 @@ class _Fixed(nn.Module):
 
     def forward(self, _x: torch.Tensor) -> torch.Tensor:
         return self.tokens
+
+
+class _FixedEncoder(nn.Module):
+    """Stands in for a transformers encoder: returns the given tokens as its ``last_hidden_state``."""
+
+    def __init__(self, tokens: torch.Tensor) -> None:
+        super().__init__()
+        self.tokens = tokens
+
+    def forward(self, *_args: Any, **_kwargs: Any) -> Any:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        return BaseModelOutput(last_hidden_state=self.tokens)
+
+
+class ProbedMapHead(nn.Module):
+    """SigLIP ``SiglipMultiheadAttentionPoolingHead`` forward with the per-head probabilities [B, heads, 1, N] kept.
+
+    ``nn.MultiheadAttention`` returns a copy of its weights (head-averaged by default), not the tensor it multiplies,
+    so its math (packed in-projection, scaled dot product, softmax, out-projection; eval: no dropout) is written out.
+    """
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.inner = head
+        self.probs: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inner
+        mha: nn.MultiheadAttention = h.attention
+        B, N, C = x.shape
+        heads = mha.num_heads
+        hd = C // heads
+        probe = h.probe.repeat(B, 1, 1)
+        w, b = mha.in_proj_weight, mha.in_proj_bias
+        wq, wk, wv = w.chunk(3)
+        bq, bk, bv = (None, None, None) if b is None else b.chunk(3)
+        q = F.linear(probe, wq, bq).reshape(B, 1, heads, hd).transpose(1, 2)
+        k = F.linear(x, wk, bk).reshape(B, N, heads, hd).transpose(1, 2)
+        v = F.linear(x, wv, bv).reshape(B, N, heads, hd).transpose(1, 2)
+        probs = ((q * hd ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+        self.probs = probs
+        out = mha.out_proj((probs @ v).transpose(1, 2).reshape(B, 1, C))
+        out = out + h.mlp(h.layernorm(out))
+        return out[:, 0]
 
 
 class ProbedPool(nn.Module):
@@ -157,6 +266,29 @@ def eager_attention(modules: list[nn.Module]) -> Iterator[None]:
             m.fused_attn = flag
 
 
+@contextlib.contextmanager
+def hf_eager_attention(modules: list[nn.Module]) -> Iterator[None]:
+    """Set ``config._attn_implementation = "eager"`` on the configs ``modules`` read; restored after, also on error.
+
+    transformers attention modules look their implementation up in ``self.config._attn_implementation`` at every
+    forward; only eager returns the probabilities (the vision config has no sub-configs the setter would recurse to).
+    """
+    configs = {id(m.config): m.config for m in modules if hasattr(m, "config")}
+    saved = [(c, c._attn_implementation) for c in configs.values()]
+    try:
+        for c, _ in saved:
+            c._attn_implementation = "eager"
+        yield
+    finally:
+        for c, impl in saved:
+            c._attn_implementation = impl
+
+
+def _block_out(out: Any) -> torch.Tensor:
+    """A block's output tokens (transformers 4 layers return a tuple)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
 @dataclass
 class _Record:
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -170,13 +302,22 @@ def _record(tower: VitTower, layers: list[int]) -> Iterator[_Record]:
     handles = []
     try:
         for i in layers:
-            block = tower.trunk.blocks[i]
+            block = tower.blocks[i]
 
             def keep_out(_m: nn.Module, _inp: Any, out: Any, i: int = i) -> None:
-                rec.tokens[i] = out
+                rec.tokens[i] = _block_out(out)
 
             handles.append(block.register_forward_hook(keep_out))
-            if not tower.map_pool:
+            if tower.map_pool:
+                continue
+            if tower.family == "hf":
+                # (attn_output, attn_weights): eager returns the dropout output, the tensor multiplied with V
+                def keep_weights(_m: nn.Module, _inp: Any, out: Any, i: int = i) -> None:
+                    if isinstance(out, tuple) and len(out) > 1 and out[1] is not None:
+                        rec.probs[i] = out[1]
+
+                handles.append(block.self_attn.register_forward_hook(keep_weights))
+            else:
                 def keep_probs(_m: nn.Module, inp: Any, i: int = i) -> None:
                     rec.probs[i] = inp[0]
 
@@ -216,11 +357,15 @@ def legrad(
     tower = find_vit(backend)
     idx = layer_indices(tower.depth, layers)
     trunk = tower.trunk
-    attn = [trunk.blocks[i].attn for i in idx] if not tower.map_pool else []
     cls_path = not tower.map_pool
+    eager: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if cls_path and tower.family == "hf":
+        eager = hf_eager_attention([tower.blocks[i].self_attn for i in idx])
+    elif cls_path:
+        eager = eager_attention([tower.blocks[i].attn for i in idx])
     # The input requires grad so that a graph reaches the probabilities even when the backend froze its weights.
     x = pixels.detach().requires_grad_(cls_path)
-    with eager_attention(attn), _record(tower, idx) as rec, torch.set_grad_enabled(cls_path):
+    with eager, _record(tower, idx) as rec, torch.set_grad_enabled(cls_path):
         image_global, _ = backend.encode_image(x)
     missing = [i for i in idx if i not in rec.tokens or (cls_path and i not in rec.probs)]
     if missing:
@@ -236,17 +381,22 @@ def legrad(
     acc: torch.Tensor | None = None
     acc_empty: torch.Tensor | None = None
     plain = pixels.detach()
+    stack_parent, stack_name = tower.stack_attr
     for i in idx:
         tokens = rec.tokens[i]
-        probe = ProbedPool(trunk.attn_pool) if tower.map_pool else None
+        probe: ProbedPool | ProbedMapHead | None = None
+        if tower.map_pool:
+            pool = getattr(trunk, tower.pool_attr)
+            probe = ProbedMapHead(pool) if tower.family == "hf" else ProbedPool(pool)
         if probe is not None:
             # Only ∂s/∂P of the pool is needed: the block tokens are constants that carry a graph from here on.
             feed = tokens.detach().requires_grad_(True)
-            pool_ctx: contextlib.AbstractContextManager = swapped(trunk, "attn_pool", probe)
+            pool_ctx: contextlib.AbstractContextManager = swapped(trunk, tower.pool_attr, probe)
         else:
             feed = tokens.mean(dim=1, keepdim=True).expand_as(tokens)  # the reference's mean token
             pool_ctx = contextlib.nullcontext()
-        with swapped(trunk, "blocks", _Fixed(feed)), pool_ctx, torch.enable_grad():
+        stand_in = _FixedEncoder(feed) if tower.family == "hf" else _Fixed(feed)
+        with swapped(stack_parent, stack_name, stand_in), pool_ctx, torch.enable_grad():
             g_l, _ = backend.encode_image(plain)
         probs = probe.probs if probe is not None else rec.probs[i]
         if probs is None or not probs.requires_grad:
@@ -273,7 +423,8 @@ def legrad(
 
 
 def layer_label(tower: VitTower, layers: list[int]) -> str:
-    """Sidecar name of the explained layers, e.g. ``blocks.0-3+attn_pool`` (prefixed by the trunk's path)."""
-    base = f"{tower.name}.blocks" if tower.name else "blocks"
+    """Sidecar name of the explained layers, e.g. ``blocks.0-3+attn_pool`` or ``encoder.layers.0-1+head``."""
+    stack = "encoder.layers" if tower.family == "hf" else "blocks"
+    base = f"{tower.name}.{stack}" if tower.name else stack
     span = f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else f"{layers[0]}"
-    return f"{base}.{span}" + ("+attn_pool" if tower.map_pool else "")
+    return f"{base}.{span}" + (f"+{tower.pool_attr}" if tower.map_pool else "")
