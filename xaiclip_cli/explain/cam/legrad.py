@@ -142,8 +142,8 @@ def find_vit(backend: Any) -> VitTower:
     kind = type(vision).__name__
     if "Vision" in kind or hasattr(vision, "encoder"):
         raise UsageError(f"--method legrad supports timm ViT/SigLIP towers (toy-vit, checkpoint ViTs, ConceptCLIP) "
-                     f"and transformers CLIP/SigLIP; "
-                         f"the {kind} tower is not supported yet: use gradcam, layercam or gscorecam")
+                         f"and transformers CLIP/SigLIP; the {kind} tower is not supported yet: use gradcam, "
+                         "layercam or gscorecam")
     raise UsageError(f"--method legrad needs a ViT/SigLIP image tower, but this one is a {kind} (no transformer "
                      f"blocks); {_CNN_HINT}")
 
