@@ -122,18 +122,22 @@ def test_probed_pool_equals_timm(map_vit) -> None:
     torch.testing.assert_close(probe.probs.sum(-1), torch.ones(2, 2, 1))
 
 
-@pytest.mark.parametrize("tower", ["cls_vit", "map_vit"])
-def test_batch_equals_single_and_scores(tower, request) -> None:
-    be = request.getfixturevalue(tower)
-    px = _pixels(3, seed=7)
-    t = be.encode_texts(TEXTS).detach()
+def _batch_equals_single(be, px: torch.Tensor, texts: list[str]):
+    """Legrad maps of a batch equal the single-image maps; best targets are the argmax logits. Returns both."""
+    t = be.encode_texts(texts).detach()
     bm = compute_maps(be, px, t, None, "legrad", None, "logit")  # type: ignore[arg-type]
-    for b in range(3):
+    for b in range(px.shape[0]):
         one = compute_maps(be, px[b:b + 1], t, bm.targets[b:b + 1], "legrad", None, "logit")  # type: ignore[arg-type]
         torch.testing.assert_close(one.raw[0], bm.raw[b], atol=1e-6, rtol=1e-5)
     with torch.no_grad():
         logits = be.score(be.encode_image(px)[0], t, "logit")
     assert bm.targets.tolist() == logits.argmax(1).tolist()
+    return bm, logits
+
+
+@pytest.mark.parametrize("tower", ["cls_vit", "map_vit"])
+def test_batch_equals_single_and_scores(tower, request) -> None:
+    bm, logits = _batch_equals_single(request.getfixturevalue(tower), _pixels(3, seed=7), TEXTS)
     torch.testing.assert_close(bm.logits, logits, atol=1e-5, rtol=1e-5)
     assert bm.raw.shape == (3, 4, 4) and bool((bm.raw >= 0).all())
 
@@ -385,16 +389,7 @@ def test_probed_map_head_equals_transformers(hf_siglip) -> None:
 
 @pytest.mark.parametrize("tower", ["hf_clip", "hf_siglip"])
 def test_hf_batch_equals_single(tower, request) -> None:
-    be = request.getfixturevalue(tower)
-    px = _hf_pixels(3, seed=8)
-    t = be.encode_texts(HF_TEXTS).detach()
-    bm = compute_maps(be, px, t, None, "legrad", None, "logit")  # type: ignore[arg-type]
-    for b in range(3):
-        one = compute_maps(be, px[b:b + 1], t, bm.targets[b:b + 1], "legrad", None, "logit")  # type: ignore[arg-type]
-        torch.testing.assert_close(one.raw[0], bm.raw[b], atol=1e-6, rtol=1e-5)
-    with torch.no_grad():
-        logits = be.score(be.encode_image(px)[0], t, "logit")
-    assert bm.targets.tolist() == logits.argmax(1).tolist()
+    bm, _ = _batch_equals_single(request.getfixturevalue(tower), _hf_pixels(3, seed=8), HF_TEXTS)
     assert bm.raw.shape == (3, 4, 4) and bool((bm.raw >= 0).all()) and bm.raw.max() > 0
 
 

@@ -113,7 +113,16 @@ def _warn_tower_mismatch(s: CamSettings, backend: Any) -> None:
                         field.replace("_", "-"), value, key.replace("_", " "), recorded)
 
 
-def _texts(s: CamSettings, required: bool = True) -> Any:
+def _dataset_source(s: CamSettings) -> Any:
+    """The --dataset source, opened once per run: texts and images both read it (opening hashes the file)."""
+    try:
+        from xaiclip_cli.data.refs import open_source
+    except ImportError as exc:
+        raise XaiclipError("--dataset needs xaiclip_cli.data.refs, which is not installed") from exc
+    return open_source(s.dataset)
+
+
+def _texts(s: CamSettings, required: bool = True, source: Any = None) -> Any:
     from xaiclip_cli.explain.targets import load_texts_file
 
     if s.texts_file is not None:
@@ -122,19 +131,18 @@ def _texts(s: CamSettings, required: bool = True) -> Any:
     if s.text:
         return list(s.text)
     if required and s.dataset:
-        return _dataset_texts(s.dataset)
+        return _dataset_texts(s.dataset, source if source is not None else _dataset_source(s))
     if required:
         raise UsageError("no texts: give --text (repeatable) or --texts-file FILE.json")
     return ["an image"]
 
 
-def _dataset_texts(ref: str) -> dict[str, str]:
+def _dataset_texts(ref: str, source: Any) -> dict[str, str]:
     """--dataset without --text: one text per class, from the dataset's shipped prompt set when its labels are the
     dataset's classes (first label template), else ``a photo of a {class}`` (CLIP's zero-shot template)."""
     from xaiclip_cli.data.prompts import load_prompt_set
-    from xaiclip_cli.data.refs import open_source
 
-    names = [str(n) for n in (open_source(ref).info().class_names or [])]
+    names = [str(n) for n in (source.info().class_names or [])]
     if not names:
         raise UsageError(f"--dataset {ref} names no classes: give --text (repeatable) or --texts-file FILE.json")
     template = "a photo of a {}"
@@ -178,15 +186,11 @@ class _Item:
         self.load, self.subdir, self.stem, self.source = load, subdir, stem, source
 
 
-def _items(s: CamSettings) -> list[_Item]:
+def _items(s: CamSettings, source: Any = None) -> list[_Item]:
     from xaiclip_cli.explain.api import load_image
 
     if s.dataset:
-        try:
-            from xaiclip_cli.data.refs import open_source
-        except ImportError as exc:
-            raise XaiclipError("--dataset needs xaiclip_cli.data.refs, which is not installed") from exc
-        src = open_source(s.dataset)
+        src = source if source is not None else _dataset_source(s)
         n = src.split_sizes().get(s.split, 0)
         if n == 0:
             raise UsageError(f"--dataset {s.dataset}: split {s.split!r} is empty")
@@ -226,12 +230,12 @@ def _planned(s: CamSettings, target: Any, names: list[str], item: _Item) -> list
 
 
 def _execute(s: CamSettings, todo: list[_Item], device: str, manifest: Path, advance: Any,
-             warn: Any) -> dict[str, Any]:
+             warn: Any, texts: Any = None) -> dict[str, Any]:
     """Explain ``todo`` on ``device`` and write every output; returns counts, rows and the layer (one process)."""
     from xaiclip_cli.explain.api import CamRunner, default_name, safe_name, save_result
     from xaiclip_cli.explain.targets import normalise_texts, parse_target
 
-    texts = _texts(s)
+    texts = _texts(s) if texts is None else texts
     names, _ = normalise_texts(texts)
     target = parse_target(s.target, names)
     backend = _load_backend(s.model_copy(update={"device": device, "cpu": s.cpu or device == "cpu"}))
@@ -310,8 +314,9 @@ def run(s: CamSettings, ctx: RunContext) -> CamRunResult:
     from xaiclip_cli.parallel.ranks import rank_from_env
     from xaiclip_cli.viz.colormap import colormap_names
 
-    texts = _texts(s)
-    items = _items(s)
+    source = _dataset_source(s) if s.dataset else None
+    texts = _texts(s, source=source)
+    items = _items(s, source)
     if s.output_name and len(items) > 1:
         raise UsageError(f"--output-name is only for a single image ({len(items)} images given); drop it to get "
                          "<stem>_<method>_<target> names")
@@ -338,7 +343,7 @@ def run(s: CamSettings, ctx: RunContext) -> CamRunResult:
             stats = _run_workers(s, todo_idx, manifest, advance, ctx)
         else:
             device = f"cuda:{s.gpus[0]}" if len(s.gpus) == 1 and not s.cpu else _device(s)
-            stats = _execute(s, [items[i] for i in todo_idx], device, manifest, advance, ctx.warn)
+            stats = _execute(s, [items[i] for i in todo_idx], device, manifest, advance, ctx.warn, texts)
     seconds = time.perf_counter() - t0
     if stats["failed"]:
         ctx.exit_code = 3

@@ -232,7 +232,7 @@ class CamRunner:
     def geometry(self, layer: LayerInfo, size: tuple[int, int]) -> CellGeometry | None:
         """Measured cell geometry of a CNN (NCHW) layer for ``--align receptive-field``; None = half-pixel (token
         grids, NHWC towers whose patch merging is half-pixel by construction, or ``--align half-pixel``)."""
-        if self.align != "receptive-field" or layer.layout != "NCHW" or self.method == "legrad":
+        if self.align != "receptive-field" or layer.layout != "NCHW":  # legrad's layer is a token grid (NLD)
             return None
         key = (layer.name, size)
         if key not in self._geometry:

@@ -267,15 +267,17 @@ class CheckpointBackend(ClipBackend):
 
     def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(normalised global [B,D], projected tokens [B,T,D]); bf16 autocast on CUDA, float32 outputs."""
-        with self.autocast():
-            g, tokens = self.model.encode_image(pixels.to(self.device, self.dtype), normalize=False)
-        return F.normalize(g.float(), dim=-1), tokens.float()
+        g, tokens = self._image_outputs(pixels)
+        return F.normalize(g, dim=-1), tokens
 
     def encode_image_unnormalized(self, pixels: torch.Tensor) -> torch.Tensor:
         """``image_proj`` of the pooled feature [B,D], before normalisation (float32)."""
+        return self._image_outputs(pixels)[0]
+
+    def _image_outputs(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():
-            g, _ = self.model.encode_image(pixels.to(self.device, self.dtype), normalize=False)
-        return g.float()
+            g, tokens = self.model.encode_image(pixels.to(self.device, self.dtype), normalize=False)
+        return g.float(), tokens.float()
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(normalised global [K,D], projected tokens [K,L,D]); bf16 autocast on CUDA, float32 outputs."""
