@@ -99,6 +99,9 @@ def test_output_name_with_many_images_is_rejected(tmp_path) -> None:
         (["--method", "magic", "--text", "a"], "magic"),
         (["--text", "a", "--colormap", "rainbowz"], "not a matplotlib colormap"),
         (["--text", "a", "--model-path", "missing.pt"], "not found"),
+        (["--text", "a", "--legrad-layers", "-1"], "legrad_layers"),
+        (["--text", "a", "--align", "sideways"], "align"),
+        (["--text", "a", "--score", "loud"], "score"),
     ],
 )
 def test_bad_inputs_exit_2(tmp_path, extra, message) -> None:
