@@ -17,7 +17,7 @@ EXECUTION_FIELDS = frozenset({
     "output_dir", "images", "list_file", "image_root", "dataset", "split", "recursive", "runs", "allow_partial",
     "method", "out", "top_m", "smooth", "run_dir",
 })
-DEFAULT_LIMIT = 2  # `attrib run` with no inputs: toy cells, this many images (seconds on a CPU)
+DEFAULT_LIMIT = 1  # `attrib run` with no inputs: toy cells, this many images (seconds on a CPU)
 
 
 class AttribSettings(ModelSelection, RuntimeSettings):
@@ -124,6 +124,14 @@ class AttribSettings(ModelSelection, RuntimeSettings):
     method: Literal["gradcam", "scorecam", "lime", "rise", "gradient"] = Field(
         "gradcam", description="baseline: saliency method."
     )
+
+    @field_validator("classes", mode="after")
+    @classmethod
+    def _split_classes(cls, value: list[str]) -> list[str]:
+        out = [c.strip() for v in value for c in str(v).split(",")]
+        if any(not c for c in out):
+            raise ValueError("class names must not be empty")
+        return out
 
     @field_validator("region_size")
     @classmethod

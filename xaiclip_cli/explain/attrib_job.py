@@ -103,7 +103,6 @@ def build_entries(s: AttribSettings, source: Any = None) -> tuple[list[Entry], s
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise UsageError(f"--list {s.list_file}: image not found: {missing[0]}{more} (under {root}; "
                              "see --image-root)")
-        _check_unique(out)
         return out, digest
     if s.begin or s.end is not None:
         raise UsageError("--begin/--end select --list entries; use --limit with --images/--dataset")
@@ -138,7 +137,9 @@ def build_entries(s: AttribSettings, source: Any = None) -> tuple[list[Entry], s
                 if labels[i] is None or labels[i] < 0:
                     raise UsageError(f"--dataset {s.dataset}: sample {i} has no single class label; give --target")
                 t = f"#{labels[i]}"  # a dataset class index, mapped to the class set by name at resolution
-            src_rec = {"dataset": s.dataset, "split": s.split, "index": i}
+            src_rec: dict[str, Any] = {"dataset": s.dataset, "split": s.split, "index": i}
+            if labels[i] is not None:
+                src_rec["label"] = int(labels[i])
             if paths[i]:
                 src_rec["path"] = paths[i]
             out.append(Entry(keys[i], t, None, i, src_rec))
@@ -153,13 +154,22 @@ def build_entries(s: AttribSettings, source: Any = None) -> tuple[list[Entry], s
     return out, digest
 
 
-def _check_unique(entries: list[Entry]) -> None:
+def _drop_duplicates(entries: list[Entry], targets: list[int | str], names: list[str]
+                     ) -> tuple[list[Entry], list[int | str]]:
+    """Entries that would write the same item (same target, same rel-stem) run once, with a warning."""
     seen: dict[tuple[str, str], int] = {}
-    for i, e in enumerate(entries):
-        key = (e.target, e.rel_stem)
+    keep_e, keep_t = [], []
+    for i, (e, t) in enumerate(zip(entries, targets, strict=True)):
+        key = (str(t), e.rel_stem)
         if key in seen:
-            raise UsageError(f"--list entries {seen[key]} and {i} both write {e.target}/{e.rel_stem} (same stem)")
+            what = PRED if t == PRED else names[int(t)]
+            log.warning("entry %d writes the same item as entry %d (%s, target %s): it runs once", i, seen[key],
+                        e.rel_stem, what)
+            continue
         seen[key] = i
+        keep_e.append(e)
+        keep_t.append(t)
+    return keep_e, keep_t
 
 
 # --- class set ----------------------------------------------------------------------------------------------------
@@ -521,6 +531,7 @@ def build_state(s: AttribSettings, source: Any = None) -> JobState:
     entries, _ = build_entries(s, source)
     ds_names = [str(n) for n in source.info().class_names] if source is not None else None
     targets = [resolve_target(e.target, classes.names, ds_names) for e in entries]
+    entries, targets = _drop_duplicates(entries, targets, classes.names)
     return JobState(s, entries, classes, targets, None, source)
 
 
@@ -545,8 +556,9 @@ def attribute_entry(st: JobState, i: int) -> dict[str, Any]:
     paths = st.paths(i)
     save_npz(paths["npz"], labels, res)
     names = st.classes.names
+    rule = "label" if str(e.target).startswith("#") else str(e.target)
     side = {"version": RUN_VERSION, "key": e.rel_stem, "source": e.source, "path": e.source.get("path"),
-            "target": {"index": int(target), "name": names[int(target)], "rule": str(e.target)},
+            "target": {"index": int(target), "name": names[int(target)], "rule": rule},
             "prediction": {"index": int(res.prediction), "name": names[int(res.prediction)]},
             "p_full": float(res.p_full), "p_black": float(res.p_black), "regions": int(len(np.unique(labels))),
             "k": int(len(res.order)), "forwards": int(res.forwards), "seconds": round(time.perf_counter() - t0, 4),
@@ -722,3 +734,268 @@ def run_attrib(s: AttribSettings, progress: Callable[..., Any], warn: Callable[[
             "workers": report.workers, "exit_code": report.exit_code, "classes": len(st.classes.names),
             "regions_first": pre["regions_first"], "score": st.model.family, "logit_scale": st.model.logit_scale,
             "image_size": st.model.size, "model": st.model.model.get("model") or st.model.model.get("checkpoint")}
+
+
+# --- merge, export, show ------------------------------------------------------------------------------------------
+def _planned_items(run: Path, doc: dict[str, Any]) -> list[dict[str, str]]:
+    items = (doc.get("plan") or {}).get("items")
+    if not isinstance(items, list):
+        raise XaiclipError(f"{run / 'run.json'}: no plan (not written by `attrib run`)")
+    return items
+
+
+def merge_runs(runs: list[Path], allow_partial: bool = False) -> dict[str, Any]:
+    """Check run folders (same identity, every planned item marked with a readable npz); write index.jsonl and
+    summary.json into the first folder. Returns counts, missing items and mean recorded AUCs."""
+    from xaiclip_cli.explain.smdl import load_npz, recorded_auc
+
+    if not runs:
+        raise UsageError("give one or more run folders: xaiclip attrib merge OUT [OUT...]")
+    docs = []
+    for r in runs:
+        doc = read_run_json(r)
+        if doc is None:
+            raise UsageError(f"{r}: no run.json (not an `attrib run` folder)")
+        docs.append(doc)
+    first = docs[0].get("identity") or {}
+    for r, doc in zip(runs[1:], docs[1:], strict=False):
+        if (doc.get("identity") or {}) != first:
+            keys = config_diff(first, doc.get("identity") or {})
+            raise UsageError(f"{r} was run with another configuration than {runs[0]} (differs in: "
+                             f"{', '.join(keys[:8])})")
+    index: list[dict[str, Any]] = []
+    missing: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    ins, dels = [], []
+    for r, doc in zip(runs, docs, strict=True):
+        for it in _planned_items(r, doc):
+            key = (it["target"], it["key"])
+            if key in seen:
+                continue
+            p = item_paths(r, it["target"], it["key"])
+            if not p["done"].is_file():
+                continue
+            seen.add(key)
+            try:
+                npz = load_npz(p["npz"])
+                a_ins, a_del = recorded_auc(npz)
+            except XaiclipError as exc:
+                missing.append(f"{it['target']}/{it['key']} (unreadable: {str(exc).splitlines()[0]})")
+                seen.discard(key)
+                continue
+            side = json.loads(p["json"].read_text(encoding="utf-8")) if p["json"].is_file() else {}
+            ins.append(a_ins)
+            dels.append(a_del)
+            index.append({"key": it["key"], "target": it["target"], "run": str(r),
+                          "npz": str(p["npz"].relative_to(r)), "insertion_auc": a_ins, "deletion_auc": a_del,
+                          "prediction": (side.get("prediction") or {}).get("name"),
+                          "forwards": side.get("forwards"), "path": side.get("path")})
+    # Planned = the union of all plans (list order of the first run, then new items of later runs).
+    planned: list[tuple[str, str]] = []
+    pset: set[tuple[str, str]] = set()
+    for r, doc in zip(runs, docs, strict=True):
+        for it in _planned_items(r, doc):
+            k = (it["target"], it["key"])
+            if k not in pset:
+                pset.add(k)
+                planned.append(k)
+    missing += [f"{t}/{k}" for t, k in planned if (t, k) not in seen and not any(m.startswith(f"{t}/{k} (")
+                                                                                   for m in missing)]
+    order = {k: i for i, k in enumerate(planned)}
+    index.sort(key=lambda row: order.get((row["target"], row["key"]), len(order)))
+    out = runs[0]
+    with open(out / ".index.jsonl.tmp", "w", encoding="utf-8") as fh:
+        for row in index:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(out / ".index.jsonl.tmp", out / "index.jsonl")
+    summary = {"runs": [str(r) for r in runs], "planned": len(planned), "complete": len(index),
+               "missing": len(missing), "missing_items": missing[:100],
+               "insertion_auc_mean": float(np.mean(ins)) if ins else None,
+               "deletion_auc_mean": float(np.mean(dels)) if dels else None,
+               "forwards_total": int(sum(int(r.get("forwards") or 0) for r in index)),
+               "identity": first}
+    _atomic_json(out / "summary.json", summary)
+    summary["exit_code"] = 0 if not missing or allow_partial else 3
+    return summary
+
+
+def run_items(run: Path) -> list[tuple[dict[str, str], dict[str, Path]]]:
+    """The finished items of a run folder in plan order: (plan item, paths)."""
+    doc = read_run_json(run)
+    if doc is None:
+        raise UsageError(f"{run}: no run.json (not an `attrib run` folder)")
+    out = []
+    for it in _planned_items(run, doc):
+        p = item_paths(run, it["target"], it["key"])
+        if p["done"].is_file():
+            out.append((it, p))
+    return out
+
+
+def _image_for(side: dict[str, Any], doc: dict[str, Any]) -> np.ndarray:
+    """An item's S×S BGR pixels again (file or dataset position), for export and show."""
+    from xaiclip_cli.explain.smdl import read_image_bgr
+
+    size = int(doc["image_size"])
+    src = side.get("source") or {}
+    if side.get("path") and Path(side["path"]).is_file():
+        return read_image_bgr(side["path"], size)
+    if src.get("dataset") is not None:
+        from xaiclip_cli.data.refs import open_source
+
+        return _bgr_from_array(open_source(src["dataset"]).get(src["split"], int(src["index"])).image, size)
+    raise XaiclipError(f"{side.get('key')}: its image {side.get('path')} is no longer there")
+
+
+def _result_from_npz(npz: dict[str, Any]) -> Any:
+    from xaiclip_cli.explain.smdl import SmdlResult
+
+    extra = {k: v for k, v in npz.items() if k.endswith(("_increase", "_decrease"))}
+    fl = npz.get("front_len")
+    return SmdlResult(order=npz["order"], confidence=npz["confidence"], effectiveness=npz["effectiveness"],
+                      consistency=npz["consistency"], collaboration=npz["collaboration"], objective=npz["objective"],
+                      p_full=float(npz["p_full"]), p_black=float(npz["p_black"]), area_ins=npz["area_ins"],
+                      area_del=npz["area_del"], front_len=None if fl is None else int(fl), forwards=0, seconds=0.0,
+                      model_seconds=0.0, prediction=-1, p_pred=npz.get("p_pred"), extra=extra)
+
+
+def export_run(run: Path, out: Path) -> dict[str, Any]:
+    """Write the reference npy/json tree of every finished item of a run (needs the images)."""
+    from xaiclip_cli.explain.smdl import export_reference, load_npz
+
+    doc = read_run_json(run) or {}
+    s = doc.get("settings") or {}
+    n = 0
+    failures = []
+    root = None
+    for it, p in run_items(run):
+        side = json.loads(p["json"].read_text(encoding="utf-8"))
+        try:
+            image = _image_for(side, doc)
+            npz = load_npz(p["npz"])
+            npy, _ = export_reference(out, s["division"], tuple(s["lambdas"]), s["pending"] if
+                                      s["search"] == "bidirectional" else None, it["target"],
+                                      Path(it["key"]).name, image, npz["labels"], _result_from_npz(npz))
+            root = npy.parents[2]
+            n += 1
+        except XaiclipError as exc:
+            failures.append({"key": it["key"], "error": str(exc)})
+    return {"out": str(root or out), "exported": n, "failed": len(failures), "failures": failures}
+
+
+def show_run(run: Path, out: Path | None, top_m: int = 5, smooth: float = 0.0, figures: bool = True
+             ) -> dict[str, Any]:
+    """One PNG per finished item (viz/attrib_figure.py::render) and a per-item summary (AUCs, max objective)."""
+    from xaiclip_cli.explain.smdl import load_npz, recorded_auc
+
+    doc = read_run_json(run) or {}
+    out = out if out is not None else run / "figures"
+    render = None
+    if figures:
+        try:
+            from xaiclip_cli.viz.attrib_figure import render
+        except ImportError as exc:
+            raise XaiclipError("attrib show needs xaiclip_cli.viz.attrib_figure (branch baselines), which is not "
+                               "installed") from exc
+    rows, failures = [], []
+    for it, p in run_items(run):
+        side = json.loads(p["json"].read_text(encoding="utf-8"))
+        try:
+            npz = load_npz(p["npz"])
+            a_ins, a_del = recorded_auc(npz)
+            png = None
+            if render is not None:
+                png = out / it["target"] / f"{it['key']}.png"
+                png.parent.mkdir(parents=True, exist_ok=True)
+                render(npz, _image_for(side, doc), str(png), top_m=top_m, smooth=smooth)
+            rows.append({"key": it["key"], "target": it["target"], "insertion_auc": round(a_ins, 6),
+                         "deletion_auc": round(a_del, 6), "max_objective_index": int(np.argmax(npz["objective"])),
+                         "regions": int(len(npz["order"])), "png": str(png) if png else None})
+        except XaiclipError as exc:
+            failures.append({"key": it["key"], "error": str(exc)})
+    return {"run": str(run), "out": str(out) if render is not None else None, "items": rows,
+            "failed": len(failures), "failures": failures}
+
+
+# --- baseline maps ------------------------------------------------------------------------------------------------
+def baseline_path(out: Path, method: str, target_folder: str, rel_stem: str) -> Path:
+    """OUT/maps/<method>/<target>/<rel-stem>.npy."""
+    return out / "maps" / method / target_folder / f"{rel_stem}.npy"
+
+
+def _baseline_entry(st: JobState, i: int) -> None:
+    import torch
+
+    try:
+        from xaiclip_cli.explain.baselines import compute_map
+    except ImportError as exc:
+        raise XaiclipError("attrib baseline needs xaiclip_cli.explain.baselines (branch baselines), which is not "
+                           "installed") from exc
+    s, m = st.s, st.model
+    assert m is not None
+    x, _ = _prepare(m, st.image(i), s)
+    target = st.targets[i]
+    if target == PRED:
+        with torch.no_grad():
+            target = int(m.scorer.probs(x[None]).argmax(1)[0])
+    if m.model["kind"] == "clip":
+        amap = compute_map(s.method, m.scorer.backend, x, int(target), text_features=m.scorer.text,
+                           logit_scale=m.logit_scale, family=m.family, seed=s.seed)
+    else:
+        if s.method in ("gradcam", "scorecam"):
+            raise UsageError(f"--method {s.method} needs a CLIP backend; classifiers take lime, rise or gradient")
+        amap = compute_map(s.method, m.scorer, x, int(target), seed=s.seed)
+    p = baseline_path(s.output_dir, s.method, st.folder(i), st.entries[i].rel_stem)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp.npy")
+    np.save(tmp, np.asarray(amap, dtype=np.float32))
+    os.replace(tmp, p)
+
+
+def _baseline_execute(st: JobState, indices: list[int], device: str, advance: Any, warn: Any) -> dict[str, Any]:
+    if st.model is None:
+        st.model = load_model_state(st.s, st.classes, device)
+    failures, done = [], 0
+    for i in indices:
+        try:
+            _baseline_entry(st, i)
+            done += 1
+        except XaiclipError as exc:
+            failures.append({"index": i, "error": str(exc).splitlines()[0]})
+            warn(f"{st.entries[i].rel_stem}: {str(exc).splitlines()[0]}")
+        advance(1)
+    return {"done": done, "failures": failures}
+
+
+def baseline_share(payload: dict[str, Any], indices: list[int], device: str, advance: Any) -> dict[str, Any]:
+    """Runner worker target of `attrib baseline`."""
+    st = build_state(AttribSettings.model_validate(payload["settings"]))
+    return _baseline_execute(st, indices, device, advance, lambda m: log.warning(m))
+
+
+def run_baseline(s: AttribSettings, progress: Callable[..., Any], warn: Callable[[str], None]) -> dict[str, Any]:
+    """`attrib baseline`: float32 [S,S] saliency maps of every entry (existing maps kept unless --overwrite)."""
+    from xaiclip_cli.parallel.runner import JobSpec, check_gpus, run_job
+
+    s = default_inputs(s)
+    check_gpus(s.gpus, s.device)
+    st = build_state(s)
+    local_device = f"cuda:{s.gpus[0]}" if len(s.gpus) == 1 and s.device != "cpu" else s.device
+    st.model = load_model_state(s, st.classes, "cpu" if len(s.gpus) > 1 else local_device)
+
+    def is_done(i: int) -> bool:
+        return baseline_path(s.output_dir, s.method, st.folder(i), st.entries[i].rel_stem).is_file()
+
+    spec = JobSpec("attrib baseline", len(st.entries), is_done,
+                   lambda idx, dev, adv: _baseline_execute(st, idx, dev, adv, warn),
+                   worker_target="xaiclip_cli.explain.attrib_job:baseline_share",
+                   payload={"settings": s.model_dump(mode="json")}, sharding="blocks", overwrite=s.overwrite,
+                   output_dir=s.output_dir, failed_log=False,
+                   describe=lambda i: {"key": st.entries[i].rel_stem})
+    todo_n = sum(1 for i in range(len(st.entries)) if s.overwrite or not is_done(i))
+    s.output_dir.mkdir(parents=True, exist_ok=True)
+    with progress(todo_n, f"attrib baseline {s.method}", unit="images") as advance:
+        report = run_job(spec, gpus=s.gpus, device=local_device, advance=advance)
+    return {"output_dir": str(s.output_dir / "maps" / s.method), "method": s.method, "planned": report.planned,
+            "skipped": report.skipped, "done": report.done, "failed": report.failed, "failures": report.failures,
+            "seconds": report.seconds, "exit_code": report.exit_code, "image_size": st.model.size}
