@@ -140,12 +140,58 @@ class _Engine:
         self.masks = masks.to(dev)
         self.union = self.masks.any(0)
         self.n = int(masks.shape[0])
+        # Element position of every pixel (n = none) and each element's flat pixel indices: a kept set's mask is one
+        # gather, and a candidate batch is one copy of the base image plus one indexed paste of the new element.
+        self.pos_map = torch.full(self.union.shape, self.n, dtype=torch.long, device=dev)
+        for i in range(self.n):
+            self.pos_map[self.masks[i]] = i
+        flat = self.masks.flatten(1)
+        npix = flat.shape[1]
+        self.plane = 3 * npix
+        pix = [torch.nonzero(flat[i]).flatten() for i in range(self.n)]
+        # Per element: flat indices into one [3,S,S] image (all channels) and the x̃ / b̃ values there.
+        self.pix3 = [torch.cat([p + ch * npix for ch in range(3)]) for p in pix]
+        xf, bf = self.x.reshape(-1), self.b.reshape(-1)
+        self.src = {"x": [xf[p] for p in self.pix3], "b": [bf[p] for p in self.pix3]}
         self.target = int(target)
         self.cfg = cfg
         self.lambdas = tuple(float(v) for v in cfg.lambdas)
         self.family = scorer.family
         self.pred: int | None = None
         self.candidates: list[dict[str, Any]] = []
+
+    def set_mask(self, members: list[int]) -> torch.Tensor:
+        """Union mask [S,S] of the elements at ``members`` (one gather through the position map)."""
+        sel = torch.zeros(self.n + 1, dtype=torch.bool, device=self.pos_map.device)
+        if members:
+            sel[torch.as_tensor(members, dtype=torch.long, device=sel.device)] = True
+        return sel[self.pos_map]
+
+    def _paste_batch(self, base_img: torch.Tensor, cands: list[int], src: str) -> torch.Tensor:
+        """[m,3,S,S]: base_img copied m times, then candidate i's element pixels taken from x̃ or b̃ (exact values).
+
+        A plain copy plus one index_copy_ is ~5× cheaper than a broadcast torch.where over the batch (measured on a
+        CPU), and gives the same values.
+        """
+        m = len(cands)
+        out = torch.empty((m, *base_img.shape), dtype=base_img.dtype, device=base_img.device)
+        out.copy_(base_img.expand_as(out))
+        idx = torch.cat([self.pix3[c] + i * self.plane for i, c in enumerate(cands)])
+        vals = torch.cat([self.src[src][c] for c in cands])
+        out.view(-1).index_copy_(0, idx, vals)
+        return out
+
+    def probs_of_sets(self, base: list[int], cands: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p of base∪α kept, p of I − (base∪α) kept) for each α, batched per side under max_batch."""
+        base_mask = self.set_mask(base)
+        ins_base = torch.where(base_mask, self.x[0], self.b[0])
+        comp_base = torch.where(self.union & ~base_mask, self.x[0], self.b[0])
+        cap = int(self.cfg.max_batch) or len(cands)
+        p_ins = [self.scorer.probs(self._paste_batch(ins_base, cands[i:i + cap], "x"))
+                 for i in range(0, len(cands), cap)]
+        p_comp = [self.scorer.probs(self._paste_batch(comp_base, cands[i:i + cap], "b"))
+                  for i in range(0, len(cands), cap)]
+        return torch.cat(p_ins), torch.cat(p_comp)
 
     def probs(self, keep: torch.Tensor) -> torch.Tensor:
         """p [m,C] of the images keeping pixels ``keep`` [m,S,S] (rest = fill), in chunks of max_batch."""
@@ -168,12 +214,8 @@ class _Engine:
                  step: int = 0) -> dict[str, torch.Tensor]:
         """Terms of base ∪ {α} for each α in cands. side 'front': kept = base∪α; 'back': removed = base∪α."""
         dev = self.masks.device
-        base_mask = self.masks[base].any(0) if base else torch.zeros_like(self.union)
         c = torch.as_tensor(cands, dtype=torch.long, device=dev)
-        added = base_mask[None] | self.masks[c]
-        comp = self.union[None] & ~added
-        p_add = self.probs(added)
-        p_comp = self.probs(comp)
+        p_add, p_comp = self.probs_of_sets(base, cands)
         sets = torch.cat([torch.as_tensor(base, dtype=torch.long, device=dev).expand(len(cands), len(base)),
                           c[:, None]], dim=1)
         eff = effectiveness_of_sets(dist, sets)
@@ -297,7 +339,8 @@ def _lazy(eng: _Engine, dist: torch.Tensor, k: int, f_empty: float) -> dict[str,
     return {"order": selected, "rec": rec, "p_pred": p_pred, "p_black": None}
 
 
-def _bidirectional(eng: _Engine, dist: torch.Tensor, lazy: bool, f_empty: float) -> dict[str, Any]:
+def _bidirectional(eng: _Engine, dist: torch.Tensor, lazy: bool, f_empty: float,
+                   p_full_vec: torch.Tensor) -> dict[str, Any]:
     n, P = eng.n, int(eng.cfg.pending)
     dev = dist.device
     front: list[int] = []
@@ -360,8 +403,11 @@ def _bidirectional(eng: _Engine, dist: torch.Tensor, lazy: bool, f_empty: float)
             remaining.remove(b_id)
             cache.pop(b_id, None)
         step += 1
-    # Last point (all kept): 2 extra forwards, the full image and the fill-only image.
-    p_all = eng.probs(torch.stack([eng.union, torch.zeros_like(eng.union)]))
+    # Last point (all kept): the fill-only image (1 forward) and the all-kept image, which is the full image's
+    # forward when the elements cover every pixel (the divisions always do), else 1 more forward.
+    p_black_all = eng.probs(torch.zeros_like(eng.union)[None])
+    p_kept_all = p_full_vec[None] if bool(eng.union.all()) else eng.probs(eng.union[None])
+    p_all = torch.cat([p_kept_all, p_black_all])
     order = front + back[::-1]
     n_front_rec = len(inc["objective"])
     all_sets = torch.arange(n, device=dev)[None]
@@ -407,6 +453,10 @@ def attribute(scorer: Any, x_norm: torch.Tensor, fill_norm: torch.Tensor, masks:
         raise UsageError(f"region masks {tuple(masks.shape[1:])}, image {tuple(x_norm.shape)} and fill "
                          f"{tuple(fill_norm.shape)} differ in size")
     n = int(masks.shape[0])
+    if int(masks.sum(0).max()) > 1:
+        raise UsageError("SMDL regions must be disjoint (a pixel belongs to at most one region)")
+    if not bool(masks.flatten(1).any(1).all()):
+        raise UsageError("an SMDL region is empty (every region needs at least one pixel)")
     cfg.validate(n)
     if not 0 <= int(target) < int(scorer.n_classes):
         raise UsageError(f"target class {target} is out of range for {scorer.n_classes} classes")
@@ -439,7 +489,7 @@ def attribute(scorer: Any, x_norm: torch.Tensor, fill_norm: torch.Tensor, masks:
         elif cfg.search == "lazy":
             out = _lazy(eng, dist, k, f_empty)
         else:
-            out = _bidirectional(eng, dist, cfg.lazy, f_empty)
+            out = _bidirectional(eng, dist, cfg.lazy, f_empty, p_full_vec)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev_tf32
     p_black = out["p_black"] if out["p_black"] is not None else float(p_black_vec[target])
