@@ -241,3 +241,27 @@ def test_bad_inputs_are_one_line_usage_errors() -> None:
         with pytest.raises(UsageError) as exc:
             call()
         assert needle in _one_line(exc), needle
+
+
+def test_sigmoid_family_explains_sigmoid_of_scaled_cosine_plus_bias() -> None:
+    b = _toy_cnn()
+    images, _, T = _toy_inputs(b)
+    x = b.preprocess(images)[0]
+    m = compute_map("gradient", b, x, 1, text_features=T, logit_scale=4.0, family="sigmoid", logit_bias=-2.0)
+    xi = x[None].clone().requires_grad_(True)
+    g, _ = b.encode_image(xi)
+    p = torch.sigmoid(4.0 * (g @ T.t()) - 2.0)[0, 1]
+    (grad,) = torch.autograd.grad(p, xi)
+    np.testing.assert_allclose(m, grad[0].abs().amax(0).numpy(), rtol=1e-5, atol=1e-9)
+
+
+def test_batched_maps_equal_single_maps() -> None:
+    b = _toy_cnn()
+    images, _, T = _toy_inputs(b, n=2)
+    x = b.preprocess(images)
+    for method, kw in (("gradcam", {}), ("rise", {"n": 40}), ("lime", {"samples": 20})):
+        both = compute_map(method, b, x, [1, 3], text_features=T, logit_scale=10.0, **kw)
+        assert both.shape == (2, 64, 64)
+        for i, t in enumerate((1, 3)):
+            np.testing.assert_allclose(both[i], compute_map(method, b, x[i], t, text_features=T, logit_scale=10.0,
+                                                            **kw), rtol=1e-5, atol=1e-7, err_msg=method)

@@ -16,7 +16,15 @@ import numpy as np
 import torch
 
 from xaiclip_cli.errors import UsageError
-from xaiclip_cli.explain.baselines.scoring import as_batch, as_targets, device_of, fill_tensor, prob_fn, to_pixels
+from xaiclip_cli.explain.baselines.scoring import (
+    as_batch,
+    as_targets,
+    device_of,
+    fill_tensor,
+    is_clip_backend,
+    prob_fn,
+    to_pixels,
+)
 
 METHODS = ("gradcam", "scorecam", "lime", "rise", "gradient")
 
@@ -63,6 +71,8 @@ def compute_map(method: str, backend: Any, x_norm: torch.Tensor, target: int | S
     p = _params(method, params)
     x, single = as_batch(x_norm)
     x = x.to(device_of(backend))
+    if is_clip_backend(backend):
+        backend.vision_module().eval()  # dropout/batch-norm statistics off, as cam does: batch maps = single maps
     n_classes = _n_classes(text_features)
     if n_classes is None:
         n_classes = getattr(backend, "n_classes", None)
@@ -87,7 +97,7 @@ def compute_map(method: str, backend: Any, x_norm: torch.Tensor, target: int | S
 def _cam(method: str, backend: Any, x: torch.Tensor, targets: list[int], text_features: Any,
          logit_scale: float | None, family: str, p: dict[str, Any]) -> np.ndarray:
     from xaiclip_cli.explain.baselines.cams import cam_maps
-    from xaiclip_cli.explain.baselines.scoring import FAMILIES, is_clip_backend
+    from xaiclip_cli.explain.baselines.scoring import FAMILIES
 
     if not is_clip_backend(backend):
         raise UsageError(f"--method {method} needs a CLIP backend (the cam engine hooks its image tower)")

@@ -67,7 +67,7 @@ def lime_weights(probs: ProbFn, x: torch.Tensor, target: int, fill: torch.Tensor
             z = torch.from_numpy(Z[i:i + batch].astype(np.float32)).to(x.device)
             m = z[:, seg_t]  # [n,H,W] 1 where the pixel's segment is kept
             inp = torch.lerp(fill[None], x[None], m[:, None])
-            ys.append(probs(inp)[:, target].double().cpu().numpy())
+            ys.append(probs(inp)[:, target].float().cpu().numpy().astype(np.float64))
     y = np.concatenate(ys)
     d = pairwise_distances(Z, Z[:1], metric="cosine").ravel()
     w = np.sqrt(np.exp(-(d ** 2) / kernel_width ** 2))

@@ -68,12 +68,13 @@ def rise_maps(probs: ProbFn, x: torch.Tensor, targets: list[int], fill: torch.Te
     """RISE maps [B,H,W] for ``x`` [B,3,H,W] normalised; every image sees the same seeded masks."""
     H, W = int(x.shape[-2]), int(x.shape[-1])
     masks = RiseMasks(n, (H, W), grid, p, seed)
-    out = torch.zeros(x.shape[0], H, W, dtype=torch.float64, device=x.device)
+    # float64 sums on the CPU (MPS has no float64); one [H,W] partial sum per batch crosses over
+    out = torch.zeros(x.shape[0], H, W, dtype=torch.float64)
     with torch.no_grad():
         for start in range(0, masks.n, batch):
             m = masks.batch(start, min(masks.n, start + batch), x.device)  # [n,H,W]
             for b in range(x.shape[0]):
                 inp = torch.lerp(fill[None], x[b][None], m[:, None])  # fill + M·(x − fill) = x⊙M + fill⊙(1−M)
-                score = probs(inp)[:, targets[b]].double()
-                out[b] += torch.einsum("n,nhw->hw", score, m.double())
+                score = probs(inp)[:, targets[b]].float()
+                out[b] += torch.einsum("n,nhw->hw", score, m).cpu().double()
     return (out / (masks.n * masks.p)).float()
