@@ -265,3 +265,16 @@ def test_batched_maps_equal_single_maps() -> None:
         for i, t in enumerate((1, 3)):
             np.testing.assert_allclose(both[i], compute_map(method, b, x[i], t, text_features=T, logit_scale=10.0,
                                                             **kw), rtol=1e-5, atol=1e-7, err_msg=method)
+
+
+def test_resolved_params_fill_defaults_and_refuse_unknowns() -> None:
+    from xaiclip_cli.explain.baselines import resolved_params
+
+    r = resolved_params("rise", {"n": 100})
+    assert r["n"] == 100 and r["grid"] == 7 and r["p"] == 0.5 and r["batch"] == 64 and r["fill"] == "black"
+    assert resolved_params("lime", {"segments": np.zeros((2, 2))})["segments"] == "given (ndarray)"
+    assert resolved_params("lime")["samples"] == 1000 and resolved_params("lime")["kernel_width"] == 0.25
+    with pytest.raises(UsageError, match="unknown parameter"):
+        resolved_params("gradient", {"n": 3})
+    with pytest.raises(UsageError, match="unknown baseline method"):
+        resolved_params("ig")

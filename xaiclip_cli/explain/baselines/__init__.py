@@ -5,6 +5,15 @@ or per-class sigmoid) of a normalised image; removed pixels take the fill in nor
 normalise(0), mean = 0). RISE and LIME are written here (no well-kept PyTorch library implements them with this
 target and these fills: xplique is TensorFlow and replaces the contrib OpenCV, see the working rules); their
 random draws use NumPy PCG64 seeded by ``seed``.
+
+Example (what `attrib baseline` does per image)::
+
+    x_norm, _ = prepare(backend, image_bgr, bgr_compat=False, fill="black")   # smdl.pipeline
+    m = compute_map("rise", backend, x_norm, target, text_features=T, logit_scale=s, seed=0, n=4000)
+    np.save(out / "maps" / "rise" / name / f"{stem}.npy", m)                   # float32 [S,S]
+
+Maps are unnormalised (Grad-CAM/Score-CAM after ReLU and upsampling, as `cam`'s ``map``; LIME coefficients can
+be negative); rank-based consumers (prior-patch, eval) do not need a scale.
 """
 
 from __future__ import annotations
@@ -45,6 +54,19 @@ def _params(method: str, given: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(f"unknown parameter(s) {', '.join(unknown)} for --method {method} "
                          f"(accepts {', '.join(sorted(PARAMS[method]))})")
     return {**PARAMS[method], **given}
+
+
+def resolved_params(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The parameters a call uses (defaults filled in), JSON-friendly, for run records; arrays are summarised."""
+    if method not in METHODS:
+        raise UsageError(f"unknown baseline method {method!r} (choose from {', '.join(METHODS)})")
+    out: dict[str, Any] = {}
+    for k, v in _params(method, dict(params or {})).items():
+        if isinstance(v, (np.ndarray, torch.Tensor, list, tuple)):
+            out[k] = f"given ({type(v).__name__})"
+        else:
+            out[k] = v
+    return out
 
 
 def _positive_int(name: str, v: Any, low: int = 1) -> int:
@@ -164,4 +186,4 @@ def _per_image(value: Any, b: int, batch: int, name: str) -> Any:
     return arr[b]
 
 
-__all__ = ["METHODS", "PARAMS", "compute_map"]
+__all__ = ["METHODS", "PARAMS", "compute_map", "resolved_params"]
