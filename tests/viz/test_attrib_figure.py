@@ -54,10 +54,18 @@ def test_summary_auc_matches_hand_computation() -> None:
     assert s["objective_max"] == pytest.approx(1.85) and s["objective_max_area"] == 1.0
     assert s["regions"] == 3 and s["ranked"] == 2
     assert s["p_full"] == pytest.approx(0.9) and s["p_black"] == pytest.approx(0.05)
-    # a deletion axis stored as the remaining fraction (decreasing) is turned into 1 − it: same curve
+    np.testing.assert_allclose(curves(_tiny_result())["del_x"], [0, 0.5, 1])
+
+
+def test_summary_equals_the_smdl_recorded_auc() -> None:
+    results = pytest.importorskip("xaiclip_cli.explain.smdl.results")
+    rng = np.random.default_rng(0)
     r = _tiny_result()
-    r["area_del"] = np.float32([1.0, 0.5, 0.0])
-    np.testing.assert_allclose(curves(r)["del_x"], [0, 0.5, 1])
+    for _ in range(5):
+        r["consistency"], r["collaboration"] = rng.random(2).astype(np.float32), rng.random(2).astype(np.float32)
+        r["area_del"] = np.sort(rng.random(3)).astype(np.float32)
+        s = summary(r)
+        assert (s["insertion_auc"], s["deletion_auc"]) == pytest.approx(results.recorded_auc(r), abs=1e-12)
 
 
 def _cells_result(tmp_path):
@@ -105,6 +113,8 @@ def test_render_writes_a_readable_picture_of_the_right_size(tmp_path) -> None:
     (lambda r: r.update(consistency=np.float32([np.nan, 1])), "NaN"),
     (lambda r: r.update(order=np.array([1, 9], np.int16)), "absent from labels"),
     (lambda r: r.update(labels=np.zeros(16, np.int16)), "2-D"),
+    (lambda r: r.update(area_del=np.float32([1.0, 0.5, 0.0])), "non-decreasing"),
+    (lambda r: r.update(area_ins=np.float32([0.0, 0.5, 1.5])), "non-decreasing"),
 ])
 def test_bad_results_are_one_line_usage_errors(tmp_path, change, needle) -> None:
     r = _tiny_result()

@@ -47,6 +47,10 @@ def check_result(result: Mapping[str, Any]) -> dict[str, np.ndarray]:
         r[key] = r[key].astype(np.float64).ravel()
         if not np.isfinite(r[key]).all():
             raise UsageError(f"{key} holds NaN or infinite values")
+    for key in ("area_ins", "area_del"):  # both are x axes (smdl.md §8): fractions, non-decreasing by construction
+        a = r[key]
+        if a.min() < -1e-6 or a.max() > 1 + 1e-6 or (np.diff(a) < -1e-6).any():
+            raise UsageError(f"{key} must be non-decreasing fractions in [0, 1] (the curve's x axis)")
     r["order"] = order
     return r
 
@@ -81,16 +85,15 @@ def rank_map(labels: np.ndarray, order: np.ndarray, smooth: float = 0.0) -> np.n
 
 
 def curves(result: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Insertion and deletion curves (x, y; k+1 points each) as the reference evaluator draws them."""
+    """Insertion and deletion curves (x, y; k+1 points each) as the reference evaluator draws them.
+
+    ``area_del`` is already the deletion x axis (1 − the non-black share left after removing the first j regions).
+    """
     r = check_result(result)
     c, q = r["consistency"], r["collaboration"]
-    ins_x = r["area_ins"]
-    del_x = r["area_del"]
-    if del_x[0] > del_x[-1]:  # stored as the remaining non-black fraction: the x axis is 1 − it
-        del_x = 1.0 - del_x
     return {
-        "ins_x": ins_x, "ins_y": np.concatenate([[1.0 - q[-1]], c]),
-        "del_x": del_x, "del_y": np.concatenate([[c[-1]], 1.0 - q]),
+        "ins_x": r["area_ins"], "ins_y": np.concatenate([[1.0 - q[-1]], c]),
+        "del_x": r["area_del"], "del_y": np.concatenate([[c[-1]], 1.0 - q]),
     }
 
 
