@@ -278,3 +278,45 @@ def test_resolved_params_fill_defaults_and_refuse_unknowns() -> None:
         resolved_params("gradient", {"n": 3})
     with pytest.raises(UsageError, match="unknown baseline method"):
         resolved_params("ig")
+
+
+class NoGradClipScorer:
+    """Shaped like smdl's ClipScorer: a backend, unit prototypes, s, family; probs under no_grad."""
+
+    def __init__(self, backend, text, logit_scale: float) -> None:
+        self.backend, self.text, self.logit_scale = backend, text, logit_scale
+        self.family, self.logit_bias, self.n_classes = "softmax", 0.0, int(text.shape[0])
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return clip_probs(self.backend, self.text, self.logit_scale)(x)
+
+
+def test_a_clip_scorer_is_explained_through_its_backend() -> None:
+    b = _toy_cnn()
+    images, _, T = _toy_inputs(b)
+    x = b.preprocess(images)[0]
+    sc = NoGradClipScorer(b, T, 10.0)
+    for method in ("gradient", "gradcam"):
+        np.testing.assert_allclose(compute_map(method, sc, x, 2),
+                                   compute_map(method, b, x, 2, text_features=T, logit_scale=10.0), atol=1e-8)
+
+
+def test_smdl_scorers_when_present() -> None:
+    scorer = pytest.importorskip("xaiclip_cli.explain.smdl.scorer")
+    import timm
+
+    b = _toy_cnn()
+    images, _, T = _toy_inputs(b)
+    x = b.preprocess(images)[0]
+    np.testing.assert_allclose(compute_map("gradient", scorer.ClipScorer(b, T, 10.0), x, 2),
+                               compute_map("gradient", b, x, 2, text_features=T, logit_scale=10.0), atol=1e-8)
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False, num_classes=3, layers=[1, 1, 1, 1],
+                            channels=[8, 8, 16, 16]).eval()
+    m = compute_map("gradient", scorer.ClassifierScorer(net), x, 1)
+    xi = x[None].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(net(xi).softmax(-1)[0, 1], xi)
+    np.testing.assert_allclose(m, g[0].abs().amax(0).numpy(), rtol=1e-5, atol=1e-9)
+    with pytest.raises(UsageError, match="CLIP backend"):
+        compute_map("gradcam", scorer.ClassifierScorer(net), x, 1)

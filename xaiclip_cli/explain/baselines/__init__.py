@@ -33,6 +33,7 @@ from xaiclip_cli.explain.baselines.scoring import (
     is_clip_backend,
     prob_fn,
     to_pixels,
+    unwrap_scorer,
 )
 
 METHODS = ("gradcam", "scorecam", "lime", "rise", "gradient")
@@ -85,12 +86,15 @@ def compute_map(method: str, backend: Any, x_norm: torch.Tensor, target: int | S
     """Saliency map float32 [S,S] (or [B,S,S] for a batch) of ``target`` for a normalised image ``x_norm``.
 
     ``backend`` is a ClipBackend (then ``text_features`` [C,d] unit prototypes and ``logit_scale`` s define the
-    target probability; s defaults to the model's) or, for lime/rise/gradient, a scorer exposing ``probs(x)``.
+    target probability; s defaults to the model's), an smdl ClipScorer (its backend, prototypes, s, family and
+    bias are used) or, for lime/rise/gradient, an smdl ClassifierScorer or any object with ``probs(x)``.
     Per-method ``params`` are in ``PARAMS`` (e.g. ``n`` for rise, ``samples`` for lime, ``fill`` black|mean|tensor).
     """
     if method not in METHODS:
         raise UsageError(f"unknown baseline method {method!r} (choose from {', '.join(METHODS)})")
     p = _params(method, params)
+    backend, text_features, logit_scale, family, p["logit_bias"] = unwrap_scorer(
+        backend, text_features, logit_scale, family, float(p["logit_bias"]))
     x, single = as_batch(x_norm)
     x = x.to(device_of(backend))
     if is_clip_backend(backend):

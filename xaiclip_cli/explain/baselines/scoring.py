@@ -49,6 +49,33 @@ def clip_probs(backend: Any, text_features: torch.Tensor, logit_scale: float, fa
     return probs
 
 
+class ClassifierProbs:
+    """softmax(model(x)) of a classifier, differentiable (the smdl ClassifierScorer scores under no_grad)."""
+
+    def __init__(self, model: torch.nn.Module, n_classes: int | None, device: Any) -> None:
+        self.model, self.n_classes, self.device = model, n_classes, device
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """[B,C] class probabilities."""
+        return self.model(x).float().softmax(dim=-1)
+
+
+def unwrap_scorer(obj: Any, text_features: Any, logit_scale: float | None, family: str,
+                  logit_bias: float) -> tuple[Any, Any, float | None, str, float]:
+    """An smdl scorer seen as what it scores: a ClipScorer → (its backend, prototypes, s, family, bias); a
+    ClassifierScorer → a differentiable softmax of its model. Explicit text features and scale win when given."""
+    inner = getattr(obj, "backend", None)
+    if not is_clip_backend(obj) and inner is not None and is_clip_backend(inner) and hasattr(obj, "text"):
+        return (inner, obj.text if text_features is None else text_features,
+                getattr(obj, "logit_scale", None) if logit_scale is None else logit_scale,
+                getattr(obj, "family", family), float(getattr(obj, "logit_bias", logit_bias)))
+    model = getattr(obj, "model", None)
+    if not is_clip_backend(obj) and isinstance(model, torch.nn.Module) and hasattr(obj, "features_and_probs"):
+        return ClassifierProbs(model, getattr(obj, "n_classes", None), getattr(obj, "device", None)), \
+            text_features, logit_scale, family, logit_bias
+    return obj, text_features, logit_scale, family, logit_bias
+
+
 def prob_fn(backend: Any, text_features: torch.Tensor | None, logit_scale: float | None, family: str,
             logit_bias: float = 0.0) -> ProbFn:
     """The probability function of a ClipBackend (text features required) or of a scorer exposing ``probs(x)``."""
