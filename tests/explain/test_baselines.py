@@ -146,8 +146,10 @@ def test_lime_quickshift_on_a_toy_cells_image() -> None:
     m = compute_map("lime", b, x, 0, text_features=T, logit_scale=10.0, samples=64, image=images[0])
     from xaiclip_cli.explain.baselines.lime import quickshift_segments
 
-    seg = quickshift_segments(images[0])  # auto kernel 3 at 64 px
-    assert seg.max() + 1 >= 2
+    seg = quickshift_segments(images[0])  # auto kernel 3 at 64 px, the reference's input scale
+    rgb = quickshift_segments(images[0], quickshift_input="rgb")
+    assert seg.max() + 1 >= 10 and seg.max() + 1 > rgb.max() + 1 >= 2  # 20 and 7 segments measured
+    assert set(np.unique(seg)) == set(range(int(seg.max()) + 1))
     for k in np.unique(seg):
         assert np.ptp(m[seg == k]) == 0
     # without image=, the pixels are recovered from x_norm through the backend's normalisation: same map
@@ -202,6 +204,9 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
     ("lime", {"segments": np.zeros((S, S), np.int32)}, "at least 2 segments"),
     ("lime", {"segments": np.zeros((8, 8), np.int32)}, "shape"),
     ("lime", {}, "pixels"),
+    ("lime", {"image": np.zeros((S, S, 3), np.uint8), "quickshift_input": "lab"}, "quickshift input"),
+    ("lime", {"image": np.zeros((S, S), np.uint8)}, "uint8 RGB"),
+    ("lime", {"image": np.zeros((S, S, 3), np.uint8), "kernel_size": 0}, "kernel_size >= 1"),
     ("gradcam", {}, "CLIP backend"),
     ("gradient", {"batch": 0}, ">= 1"),
 ])

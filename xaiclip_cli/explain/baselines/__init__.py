@@ -43,7 +43,8 @@ PARAMS: dict[str, dict[str, Any]] = {
     "gradcam": {"layer": None, "align": "receptive-field", "logit_bias": 0.0},
     "scorecam": {"layer": None, "align": "receptive-field", "score_batch": 16, "logit_bias": 0.0},
     "lime": {"samples": 1000, "kernel_width": 0.25, "alpha": 1.0, "batch": 64, "fill": "black", "image": None,
-             "segments": None, "kernel_size": None, "max_dist": 250.0, "ratio": 0.2, "logit_bias": 0.0},
+             "segments": None, "kernel_size": None, "max_dist": 250.0, "ratio": 0.2, "quickshift_input": "reference",
+             "logit_bias": 0.0},
     "rise": {"n": 4000, "grid": 7, "p": 0.5, "batch": 64, "fill": "black", "logit_bias": 0.0},
     "gradient": {"batch": 64, "logit_bias": 0.0},
 }
@@ -168,7 +169,8 @@ def _lime(backend: Any, probs: Any, x: torch.Tensor, targets: list[int], p: dict
         if seg is None:
             img = _per_image(p["image"], b, x.shape[0], "image")
             img = to_pixels(backend, x[b]) if img is None else np.asarray(img)
-            seg = quickshift_segments(img, p["kernel_size"], float(p["max_dist"]), float(p["ratio"]))
+            seg = quickshift_segments(img, p["kernel_size"], float(p["max_dist"]), float(p["ratio"]),
+                                      p["quickshift_input"])
         out.append(lime_map(probs, x[b], targets[b], fill, np.asarray(seg), samples=samples,
                             kernel_width=float(width), alpha=float(p["alpha"]),
                             batch=_positive_int("batch", p["batch"]), seed=seed))
@@ -180,8 +182,8 @@ def _per_image(value: Any, b: int, batch: int, name: str) -> Any:
     if value is None:
         return None
     arr = value if isinstance(value, (list, tuple)) else np.asarray(value)
-    single_ndim = 3 if name == "image" else 2
-    if not isinstance(arr, (list, tuple)) and arr.ndim == single_ndim:
+    single_ndims = (2, 3) if name == "image" else (2,)  # a grey image is refused later with its own message
+    if not isinstance(arr, (list, tuple)) and arr.ndim in single_ndims:
         if batch != 1:
             raise UsageError(f"{name}: give one per image for a batch of {batch}")
         return arr
