@@ -289,3 +289,32 @@ def test_unreadable_image_exit_1_and_partial_exit_3(tmp_path) -> None:
               "--output-dir", str(tmp_path / "o2"), "--json"])
     assert r.exit_code == 3, r.output
     assert json.loads(r.stdout)["done"] == 1
+
+
+def test_baseline_maps_feed_prior_patch(tmp_path) -> None:
+    out = tmp_path / "b"
+    common = ["--dataset", "toycells", "--limit", "1", "--device", "cpu", "--threads", "1", "--output-dir", str(out)]
+    res = _ok(["attrib", "baseline", "--method", "rise", "--rise-n", "64", *common])
+    assert res["done"] == 1 and res["image_size"] == 64
+    (m,) = list((out / "maps" / "rise").rglob("*.npy"))
+    amap = np.load(m)
+    assert amap.shape == (64, 64) and amap.dtype == np.float32 and np.isfinite(amap).all() and amap.std() > 0
+    assert m.relative_to(out / "maps" / "rise").parts[1:] == ("test", "test_00000.npy")
+    assert _ok(["attrib", "baseline", "--method", "rise", "--rise-n", "64", *common])["skipped"] == 1
+    grad = _ok(["attrib", "baseline", "--method", "gradient", *common])
+    assert grad["done"] == 1
+    run = tmp_path / "run"
+    res = _ok(["attrib", "run", "--dataset", "toycells", "--limit", "1", "--division", "prior-patch", "--prior",
+               str(out / "maps" / "rise"), "--prior-grid", "4", "--cells-per-region", "2", "--threads", "1",
+               "--device", "cpu", "--output-dir", str(run)])
+    assert res["done"] == 1 and res["regions_first"] == 8  # 16 cells in groups of 2
+    from xaiclip_cli.explain.smdl import load_npz
+
+    npz = load_npz(next((run / "items").rglob("*.npz")))
+    # element 0 holds the two most salient of the 4x4 prior cells (cv2 bilinear resize, as the division does)
+    import cv2
+
+    cells = cv2.resize(amap, (4, 4), interpolation=cv2.INTER_LINEAR).reshape(-1)
+    top = np.argsort(-cells, kind="stable")[:2]
+    lab = npz["labels"][::16, ::16].reshape(-1)  # one pixel per 16x16 cell
+    assert set(np.flatnonzero(lab == 0)) == set(top.tolist())

@@ -136,7 +136,8 @@ def merge(s: AttribSettings, ctx: RunContext) -> AttribMergeResult:
 
 
 @settings_command(app, AttribSettings, name="baseline",
-                  fields=["method", *_MODEL, *_CLASSES, *_INPUTS, "fill", "bgr_compat", "output_dir", "overwrite"])
+                  fields=["method", "rise_n", "lime_samples", *_MODEL, *_CLASSES, *_INPUTS, "fill", "bgr_compat",
+                          "output_dir", "overwrite"])
 def baseline(s: AttribSettings, ctx: RunContext) -> AttribBaselineResult:
     """Saliency maps of the target class probability (gradcam, scorecam, lime, rise, gradient) as float32 [S,S]
     OUT/maps/<method>/<target>/<rel-stem>.npy: priors for --division prior-patch and inputs for eval.

@@ -15,7 +15,7 @@ from xaiclip_cli.config.common import ModelSelection, RuntimeSettings
 EXECUTION_FIELDS = frozenset({
     "overwrite", "log_level", "threads", "gpus", "device", "limit", "begin", "end", "max_batch", "export_smdl",
     "output_dir", "images", "list_file", "image_root", "dataset", "split", "recursive", "runs", "allow_partial",
-    "method", "out", "top_m", "smooth", "run_dir",
+    "method", "out", "top_m", "smooth", "run_dir", "rise_n", "lime_samples",
 })
 DEFAULT_LIMIT = 1  # `attrib run` with no inputs: toy cells, this many images (seconds on a CPU)
 
@@ -124,6 +124,8 @@ class AttribSettings(ModelSelection, RuntimeSettings):
     method: Literal["gradcam", "scorecam", "lime", "rise", "gradient"] = Field(
         "gradcam", description="baseline: saliency method."
     )
+    rise_n: int = Field(4000, ge=1, description="baseline rise: random masks (reference classifier runs; Quilt 500).")
+    lime_samples: int = Field(1000, ge=1, description="baseline lime: perturbed samples.")
 
     @field_validator("classes", mode="after")
     @classmethod

@@ -907,7 +907,8 @@ def show_run(run: Path, out: Path | None, top_m: int = 5, smooth: float = 0.0, f
             if render is not None:
                 png = out / it["target"] / f"{it['key']}.png"
                 png.parent.mkdir(parents=True, exist_ok=True)
-                render(npz, _image_for(side, doc), str(png), top_m=top_m, smooth=smooth)
+                title = f"{it['key']} | target {it['target']} | ins {a_ins:.3f} del {a_del:.3f}"
+                render(npz, _image_for(side, doc)[:, :, ::-1], str(png), top_m=top_m, smooth=smooth, title=title)
             rows.append({"key": it["key"], "target": it["target"], "insertion_auc": round(a_ins, 6),
                          "deletion_auc": round(a_del, 6), "max_objective_index": int(np.argmax(npz["objective"])),
                          "regions": int(len(npz["order"])), "png": str(png) if png else None})
@@ -938,13 +939,16 @@ def _baseline_entry(st: JobState, i: int) -> None:
     if target == PRED:
         with torch.no_grad():
             target = int(m.scorer.probs(x[None]).argmax(1)[0])
+    params: dict[str, Any] = {}
+    if s.method in ("rise", "lime"):
+        if s.fill == "blur":
+            raise UsageError(f"--method {s.method} takes --fill black or mean (blur is for attrib run)")
+        params = {"fill": s.fill, **({"n": s.rise_n} if s.method == "rise" else {"samples": s.lime_samples})}
     if m.model["kind"] == "clip":
         amap = compute_map(s.method, m.scorer.backend, x, int(target), text_features=m.scorer.text,
-                           logit_scale=m.logit_scale, family=m.family, seed=s.seed)
+                           logit_scale=m.logit_scale, family=m.family, seed=s.seed, **params)
     else:
-        if s.method in ("gradcam", "scorecam"):
-            raise UsageError(f"--method {s.method} needs a CLIP backend; classifiers take lime, rise or gradient")
-        amap = compute_map(s.method, m.scorer, x, int(target), seed=s.seed)
+        amap = compute_map(s.method, m.scorer, x, int(target), seed=s.seed, **params)
     p = baseline_path(s.output_dir, s.method, st.folder(i), st.entries[i].rel_stem)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp.npy")
