@@ -318,3 +318,65 @@ def test_baseline_maps_feed_prior_patch(tmp_path) -> None:
     top = np.argsort(-cells, kind="stable")[:2]
     lab = npz["labels"][::16, ::16].reshape(-1)  # one pixel per 16x16 cell
     assert set(np.flatnonzero(lab == 0)) == set(top.tolist())
+
+
+def test_text_features_store_template_and_unknown_template(tmp_path) -> None:
+    from tests.store.test_reader_fixtures import LABELS, build_store
+
+    (img,) = _write_images(tmp_path / "in", 1)
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(3, 64)).astype(np.float32)
+    np.save(tmp_path / "f.npy", feats / np.linalg.norm(feats, axis=1, keepdims=True))
+    out = tmp_path / "tf"
+    _ok(["attrib", "run", "--images", str(img), "--text-features", str(tmp_path / "f.npy"), "--classes", "x,y,z",
+         "--target", "z", *FAST, "--output-dir", str(out)])
+    side = json.loads((out / "items" / "z" / "img0.json").read_text())
+    assert side["target"] == {"index": 2, "name": "z", "rule": "z"}
+    np.save(tmp_path / "raw.npy", feats * 3)  # not unit rows: the scale must never be baked in
+    _bad(tmp_path, ["--images", str(img), "--text-features", str(tmp_path / "raw.npy"), "--device", "cpu"], 2,
+         "must be unit vectors")
+    h5 = tmp_path / "lib.h5"
+    build_store(h5, d=64)
+    out = tmp_path / "h5"
+    res = _ok(["attrib", "run", "--dataset", "toycells", "--limit", "2", "--h5", str(h5), "--template",
+               "label_prompts_t01", *FAST, "--output-dir", str(out)])
+    assert res["classes"] == len(LABELS) and res["done"] == 2
+    doc = json.loads((out / "run.json").read_text())
+    assert doc["identity"]["classes"]["names"] == LABELS
+    assert sorted(p["target"] for p in doc["plan"]["items"]) == ["eosinophil", "lymphocyte"]  # dataset labels by name
+    _bad(tmp_path, ["--images", str(img), "--h5", str(h5), "--template", "label_prompts_t99", "--device", "cpu"], 2,
+         "unknown template 'label_prompts_t99'")
+
+
+def test_train_fit_classifier_run_folder(tmp_path) -> None:
+    import torch
+
+    from xaiclip_cli.train.model import build_model, model_meta
+
+    model, _ = build_model("test_resnet", 2, 3, 32, "false")
+    meta = model_meta("test_resnet", 2, 3, 32, [0.5], [0.25], ["benign", "malignant"], False, 0, False)
+    (tmp_path / "fit" / "checkpoints").mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "meta": meta}, tmp_path / "fit" / "checkpoints" / "best.pt")
+    (img,) = _write_images(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    res = _ok(["attrib", "run", "--classifier", str(tmp_path / "fit"), "--images", str(img), "--target", "malignant",
+               "--division", "grid", "--grid", "2", "--threads", "1", "--device", "cpu", "--output-dir", str(out)])
+    assert res["done"] == 1 and res["image_size"] == 32 and res["classes"] == 2
+    doc = json.loads((out / "run.json").read_text())
+    assert doc["model"]["kind"] == "classifier" and len(doc["model"]["weights_sha256"]) == 64
+    side = json.loads((out / "items" / "malignant" / "img0.json").read_text())
+    assert side["target"]["index"] == 1 and side["forwards"] == 4 + 1 + 4 * 5
+    _bad(tmp_path, ["--classifier", str(tmp_path / "in"), "--images", str(img), "--device", "cpu"], 2,
+         "not a `xaiclip train fit` run folder")
+
+
+def test_torchrun_rank_takes_its_block(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "out"
+    res = _ok(["attrib", "run", "--dataset", "toycells", "--limit", "3", *FAST, "--output-dir", str(out)])
+    assert res["planned"] == 3 and res["done"] == 1 and res["workers"] == 2  # entries [2, 3) of ceil(3/2) = 2
+    assert [p.name for p in (out / "items").rglob("*.done")] == ["test_00002.done"]
+    shard = json.loads((out / "shards" / "worker-1-of-2.json").read_text())
+    assert shard["entries"] == [2, 3] and shard["done"] == 1
+    assert json.loads((out / "run.json").read_text())["plan"]["n"] == 3  # the whole plan, for merge

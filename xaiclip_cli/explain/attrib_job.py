@@ -479,7 +479,7 @@ def smdl_config(s: AttribSettings) -> Any:
 
 def _atomic_json(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # ranks sharing a folder never share a temp file
     tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
     os.replace(tmp, path)
 
@@ -711,9 +711,9 @@ def run_attrib(s: AttribSettings, progress: Callable[..., Any], warn: Callable[[
         return execute(st, indices, dev, advance, warn)
 
     def plan_hook(todo: list[int], rank: Any) -> None:
+        # Every rank writes the same document: ranks on nodes without a shared folder each get a mergeable run.
         out.mkdir(parents=True, exist_ok=True)
-        if rank.rank == 0:
-            _atomic_json(out / "run.json", doc)
+        _atomic_json(out / "run.json", doc)
 
     spec = JobSpec("attrib run", len(st.entries), is_done, local,
                    worker_target="xaiclip_cli.explain.attrib_job:attrib_share",
