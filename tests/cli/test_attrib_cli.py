@@ -157,8 +157,12 @@ def test_list_with_blank_lines_begin_end_and_targets(tmp_path) -> None:
     lst.write_text("\n# header\nsub/img0.png 1\n\nsub/img1.png b\nwith space.png 0\nsub/img2.png 1")
     out = tmp_path / "out"
     res = _ok(["attrib", "run", "--list", str(lst), "--image-root", str(tmp_path / "imgs"), "--classes", "a,b",
-               "--begin", "1", "--end", "3", *FAST, "--output-dir", str(out)])
+               "--begin", "1", "--end", "3", *FAST, "--output-dir", str(out), "--export-smdl", str(tmp_path / "x")])
     assert res["planned"] == 2 and res["done"] == 2
+    ref = tmp_path / "x" / "grid-0.0-0.05-1.0-1.0"
+    assert sorted(p.relative_to(ref).as_posix() for p in ref.rglob("*.json")) == ["json/a/with space.json",
+                                                                                   "json/b/img1.json"]
+    assert np.load(ref / "npy" / "b" / "img1.npy").shape == (9, 64, 64, 3)
     keys = sorted(p.relative_to(out / "items").as_posix() for p in (out / "items").rglob("*.npz"))
     assert keys == ["a/with space.npz", "b/sub/img1.npz"]
     side = json.loads((out / "items" / "b" / "sub" / "img1.json").read_text())
