@@ -384,3 +384,16 @@ def test_torchrun_rank_takes_its_block(tmp_path, monkeypatch) -> None:
     shard = json.loads((out / "shards" / "worker-1-of-2.json").read_text())
     assert shard["entries"] == [2, 3] and shard["done"] == 1
     assert json.loads((out / "run.json").read_text())["plan"]["n"] == 3  # the whole plan, for merge
+
+
+def test_folder_dataset_items_named_after_files(tmp_path) -> None:
+    _write_images(tmp_path / "ds" / "cat", 1)
+    _write_images(tmp_path / "ds" / "dog", 1)
+    out = tmp_path / "out"
+    res = _ok(["attrib", "run", "--dataset", f"folder:{tmp_path / 'ds'}", "--split", "train", *FAST,
+               "--output-dir", str(out)])
+    assert res["done"] == 2
+    keys = sorted(p.relative_to(out / "items").as_posix() for p in (out / "items").rglob("*.done"))
+    assert keys == ["cat/train/cat/img0.done", "dog/train/dog/img0.done"]  # <target>/<split>/<rel dir>/<stem>
+    side = json.loads((out / "items" / "dog" / "train" / "dog" / "img0.json").read_text())
+    assert side["path"] == str(tmp_path / "ds" / "dog" / "img0.png") and side["source"]["label"] == 1

@@ -77,7 +77,7 @@ def _dataset_labels(source: Any, split: str, count: int) -> list[int]:
 def build_entries(s: AttribSettings, source: Any = None) -> tuple[list[Entry], str]:
     """The planned entries in order and a hash of the whole input list (before --begin/--end/--limit)."""
     from xaiclip_cli.data.evallist import read_eval_list, select_range
-    from xaiclip_cli.data.items import expand_images, source_files, unique_stems
+    from xaiclip_cli.data.items import dataset_items, expand_images, unique_stems
 
     default_target = "label" if (s.list_file or s.dataset) else PRED
     target = s.target if s.target is not None else default_target
@@ -113,36 +113,18 @@ def build_entries(s: AttribSettings, source: Any = None) -> tuple[list[Entry], s
         n = src.split_sizes().get(s.split, 0)
         if n == 0:
             raise UsageError(f"--dataset {s.dataset}: split {s.split!r} is empty")
-        count = min(n, s.limit or n)
-        files = source_files(src, s.split)
-        labels = _dataset_labels(src, s.split, count) if target == "label" else [None] * count
-        if files is None:
-            keys = [f"{s.split}/{s.split}_{i:05d}" for i in range(count)]
-            paths: list[str | None] = [None] * count
-        else:
-            fpaths, root = files
-            pairs = []
-            for p in fpaths[:count]:
-                try:
-                    rel = p.resolve().relative_to(Path(root).resolve()).parent
-                except ValueError:
-                    rel = Path()
-                pairs.append((p, Path(s.split) / rel))
-            keys = [(sub / stem).as_posix() for (_, sub), stem in zip(pairs, unique_stems(pairs), strict=True)]
-            paths = [str(p) for p, _ in pairs]
+        items = dataset_items(src, s.dataset, s.split, s.limit)
+        labels = _dataset_labels(src, s.split, len(items)) if target == "label" else [None] * len(items)
         out = []
-        for i in range(count):
+        for i, it in enumerate(items):
             t = target
+            src_rec = dict(it.source)
             if target == "label":
                 if labels[i] is None or labels[i] < 0:
                     raise UsageError(f"--dataset {s.dataset}: sample {i} has no single class label; give --target")
                 t = f"#{labels[i]}"  # a dataset class index, mapped to the class set by name at resolution
-            src_rec: dict[str, Any] = {"dataset": s.dataset, "split": s.split, "index": i}
-            if labels[i] is not None:
                 src_rec["label"] = int(labels[i])
-            if paths[i]:
-                src_rec["path"] = paths[i]
-            out.append(Entry(keys[i], t, None, i, src_rec))
+            out.append(Entry(it.rel_stem, t, it.source.get("path"), i, src_rec))  # files: read with cv2
         return out, _hash_lines([s.dataset, s.split, str(n)])
     pairs = expand_images(s.images, s.recursive, "--images")
     digest = _hash_lines([str(p) for p, _ in pairs])
@@ -671,7 +653,8 @@ def _preflight(st: JobState) -> dict[str, Any]:
 def run_attrib(s: AttribSettings, progress: Callable[..., Any], warn: Callable[[str], None],
                env: dict[str, str] | None = None) -> dict[str, Any]:
     """Plan, check, shard and run `attrib run`; returns counts, paths and timing for the result model."""
-    from xaiclip_cli.parallel.runner import JobSpec, check_gpus, run_job
+    from xaiclip_cli.parallel.ranks import rank_from_env
+    from xaiclip_cli.parallel.runner import JobSpec, check_gpus, local_shares, run_job
     from xaiclip_cli.versions import lib_versions
 
     s = default_inputs(s)
@@ -721,7 +704,8 @@ def run_attrib(s: AttribSettings, progress: Callable[..., Any], warn: Callable[[
                    output_dir=out, shard_reports=True, failed_log=True,
                    describe=lambda i: {"key": st.entries[i].rel_stem, "target": st.folder(i),
                                        "path": st.entries[i].source.get("path")})
-    todo_n = sum(1 for i in range(len(st.entries)) if s.overwrite or not is_done(i))
+    todo_all = [i for i in range(len(st.entries)) if s.overwrite or not is_done(i)]
+    todo_n = sum(len(x) for x in local_shares(len(st.entries), todo_all, s.gpus, rank_from_env(env), "blocks"))
     with progress(todo_n, "attrib run", unit="images") as advance:
         report = run_job(spec, gpus=s.gpus, device=local_device if len(s.gpus) <= 1 else device, advance=advance,
                          env=env, plan_hook=plan_hook)

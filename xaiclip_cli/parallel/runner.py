@@ -121,6 +121,14 @@ def merge_stats(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def local_shares(planned: int, todo: Sequence[int], gpus: Sequence[int], rank: RankInfo, sharding: Sharding
+                 ) -> list[list[int]]:
+    """The todo indices of each local worker of this rank (one list without ``--gpus`` or with one GPU)."""
+    n_local = len(gpus) if len(gpus) > 1 else 1
+    workers = rank.world * n_local
+    return [worker_indices(planned, todo, rank.rank * n_local + g, workers, sharding) for g in range(n_local)]
+
+
 def check_gpus(gpus: Sequence[int], device: str, flag: str = "--gpus") -> None:
     """Refuse (UsageError naming the option) GPU ids when CUDA is unavailable or has fewer devices."""
     if not gpus or device == "cpu":
@@ -159,10 +167,9 @@ def run_job(spec: JobSpec, *, gpus: Sequence[int] = (), device: str = "cpu",
     check_gpus(gpus, device)
     todo_all = [i for i in range(spec.planned) if spec.overwrite or not spec.is_done(i)]
     skipped = spec.planned - len(todo_all)
-    n_local = max(1, len(gpus)) if len(gpus) > 1 else 1
+    n_local = len(gpus) if len(gpus) > 1 else 1
     workers = rank.world * n_local
-    shares = [worker_indices(spec.planned, todo_all, rank.rank * n_local + g, workers, spec.sharding)
-              for g in range(n_local)]
+    shares = local_shares(spec.planned, todo_all, gpus, rank, spec.sharding)
     todo = sorted(i for s in shares for i in s)
     if plan_hook is not None:
         plan_hook(todo, rank)
