@@ -35,6 +35,10 @@ def _slico(img: np.ndarray, region_size: int | None) -> np.ndarray:
     rs = auto_region_size(img.shape[0]) if region_size is None else int(region_size)
     if rs < 1:
         raise UsageError(f"--region-size must be >= 1, got {region_size}")
+    if rs > img.shape[0] // 2:
+        # OpenCV crashes (segfault) from about twice the image side, and anything over half the side leaves < 4.
+        raise UsageError(f"--region-size {rs} is too large for a {img.shape[0]}px image: SMDL needs at least 2 "
+                         f"regions (use at most {img.shape[0] // 2})")
     sp = cv2.ximgproc.createSuperpixelSLIC(img, algorithm=cv2.ximgproc.SLICO, region_size=rs, ruler=20.0)
     sp.iterate(20)  # no enforceLabelConnectivity: ids as returned (reference)
     return sp.getLabels().astype(np.int32)

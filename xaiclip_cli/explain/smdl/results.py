@@ -75,6 +75,11 @@ def recorded_auc(npz: dict[str, Any]) -> tuple[float, float]:
     colla = np.asarray(npz["collaboration"], dtype=np.float64)
     x_ins = np.asarray(npz["area_ins"], dtype=np.float64)
     x_del = np.asarray(npz["area_del"], dtype=np.float64)
+    if "labels" in npz:
+        # Areas are pixel counts over P stored as float32: snap them back to exact multiples of 1/P so the AUC
+        # equals the reference evaluator's (which counts pixels of the region images) to 1e-12, not 1e-8.
+        p = float(np.asarray(npz["labels"]).size)
+        x_ins, x_del = np.round(x_ins * p) / p, np.round(x_del * p) / p
     k = len(cons)
     if k < 1 or len(colla) != k or len(x_ins) != k + 1 or len(x_del) != k + 1:
         raise UsageError(f"recorded curves have inconsistent lengths (k={k}, collaboration {len(colla)}, "
