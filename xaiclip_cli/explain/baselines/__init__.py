@@ -8,8 +8,9 @@ random draws use NumPy PCG64 seeded by ``seed``.
 
 Example (what `attrib baseline` does per image)::
 
-    x_norm, _ = prepare(backend, image_bgr, bgr_compat=False, fill="black")   # smdl.pipeline
-    m = compute_map("rise", backend, x_norm, target, text_features=T, logit_scale=s, seed=0, n=4000)
+    x_norm, fill_norm = prepare(backend, image_bgr, bgr_compat=False, fill="black")   # smdl.pipeline
+    m = compute_map("rise", backend, x_norm, target, text_features=T, logit_scale=s, seed=0, n=4000,
+                    fill=fill_norm)   # lime/rise take black|mean or any normalised [3,S,S] fill (e.g. blur)
     np.save(out / "maps" / "rise" / name / f"{stem}.npy", m)                   # float32 [S,S]
 
 Maps are unnormalised (Grad-CAM/Score-CAM after ReLU and upsampling, as `cam`'s ``map``; LIME coefficients can
