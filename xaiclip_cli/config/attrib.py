@@ -96,7 +96,7 @@ class AttribSettings(ModelSelection, RuntimeSettings):
                                                                "(LIMA) or lazy greedy.")
     lazy: bool = Field(False, description="bidirectional: lazy front search as well.")
     pending: int = Field(8, ge=1, description="bidirectional: back-list candidates P.")
-    lazy_batch: int = Field(8, ge=1, description="lazy: stale candidates re-evaluated per round.")
+    lazy_batch: int = Field(4, ge=1, description="lazy: stale candidates re-evaluated per round.")
     lazy_refresh: int = Field(10, ge=1, description="lazy: full refresh every this many steps.")
     k: int | None = Field(None, ge=1, description="Stop after k regions (default: rank all).")
     lambdas: list[float] = Field(
