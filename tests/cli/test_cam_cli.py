@@ -230,3 +230,61 @@ def test_folder_without_texts_still_exits_2(tmp_path) -> None:
     (img,) = _write_images(tmp_path / "in", 1)
     r = _run(["cam", "run", "--images", str(img), "--output-dir", str(tmp_path / "o")])
     assert r.exit_code == 2 and "no texts" in r.output
+
+
+# --- issue #13: names after source files, no config replaced, exit 1 when nothing finished -----------------------
+def test_folder_dataset_outputs_named_after_files_and_path_recorded(tmp_path) -> None:
+    root = tmp_path / "ds"
+    _write_images(root, 2, "cat")
+    _write_images(root, 1, "dog")
+    out = tmp_path / "out"
+    r = _run(["cam", "run", "--dataset", f"folder:{root}", "--split", "train", "--text", "a", "--text", "b",
+              "--target", "0", "--no-figure", "--output-dir", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    sides = sorted((out / "train").rglob("*.json"))
+    assert [p.relative_to(out).as_posix() for p in sides] == [
+        "train/cat/img0_gradcam_a.json", "train/cat/img1_gradcam_a.json", "train/dog/img0_gradcam_a.json"]
+    side = json.loads(sides[2].read_text())
+    assert side["image"]["path"] == str(root / "dog" / "img0.png") and side["image"]["index"] == 2
+    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(x["image"]["path"] for x in lines) == sorted(str(p) for p in sorted(root.rglob("*.png")))
+
+
+def test_second_run_with_other_settings_keeps_first_config(tmp_path) -> None:
+    (img,) = _write_images(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    base = ["cam", "run", "--images", str(img), "--text", "a", "--text", "b", "--no-figure", "--output-dir", str(out)]
+    assert _run([*base, "--method", "gradcam"]).exit_code == 0
+    first = (out / "config.yaml").read_text()
+    assert _run([*base, "--method", "gradcam"]).exit_code == 0  # a resume: same file, nothing new
+    assert sorted(p.name for p in out.glob("config*.yaml")) == ["config.yaml"]
+    assert _run([*base, "--method", "hirescam"]).exit_code == 0
+    assert (out / "config.yaml").read_text() == first
+    others = list(out.glob("config-*.yaml"))
+    assert len(others) == 1 and "method: hirescam" in others[0].read_text()
+    assert _run([*base, "--method", "hirescam"]).exit_code == 0  # same second config: same name again
+    assert len(list(out.glob("config-*.yaml"))) == 1
+
+
+def test_nothing_readable_exits_1_and_partial_exits_3(tmp_path) -> None:
+    bad = tmp_path / "in" / "bad.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not an image")
+    r = _run(["cam", "run", "--images", str(bad), "--text", "a", "--output-dir", str(tmp_path / "o"), "--json"])
+    assert r.exit_code == 1, r.output
+    assert json.loads(r.stdout)["failed"] == 1
+    _write_images(tmp_path / "in", 1)
+    r = _run(["cam", "run", "--images", str(tmp_path / "in"), "--text", "a", "--output-dir", str(tmp_path / "o2"),
+              "--json"])
+    assert r.exit_code == 3, r.output
+    assert json.loads(r.stdout)["images"] == 1
+
+
+def test_gpus_without_cuda_exit_2_naming_option(tmp_path, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (img,) = _write_images(tmp_path / "in", 1)
+    r = _run(["cam", "run", "--images", str(img), "--text", "a", "--gpus", "0,1", "--output-dir", str(tmp_path / "o")])
+    assert r.exit_code == 2, r.output
+    assert "--gpus 0,1" in r.output and "CUDA is not available" in r.output

@@ -1,0 +1,89 @@
+"""One image through SMDL: read and resize (BGR uint8), normalise once, divide, attribute (smdl.md §2, §7)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xaiclip_cli.errors import UsageError, XaiclipError
+from xaiclip_cli.explain.smdl.regions import divide, elements
+from xaiclip_cli.explain.smdl.search import SmdlConfig, SmdlResult, attribute
+
+FILLS = ("black", "mean", "blur")
+
+
+def read_image_bgr(path: str | Path, size: int) -> np.ndarray:
+    """cv2.imdecode(np.fromfile) with IMREAD_COLOR (non-ASCII paths, grey → 3 ch), bilinear resize to size×size."""
+    import cv2
+
+    p = Path(path)
+    if not p.is_file():
+        raise XaiclipError(f"{p}: image not found")
+    try:
+        data = np.fromfile(str(p), dtype=np.uint8)
+    except OSError as e:
+        raise XaiclipError(f"{p}: cannot read ({e.strerror or e})") from None
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise XaiclipError(f"{p}: not a readable image")
+    if img.shape[:2] != (size, size):
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(img)
+
+
+def _preprocess_fn(backend_or_preprocess: Any) -> Callable[[np.ndarray], torch.Tensor]:
+    if hasattr(backend_or_preprocess, "preprocess"):
+        return backend_or_preprocess.preprocess
+    if callable(backend_or_preprocess):
+        return backend_or_preprocess
+    raise TypeError("prepare needs a backend with .preprocess or a preprocess callable")
+
+
+def prepare(backend_or_preprocess: Any, image_bgr: np.ndarray, bgr_compat: bool = False,
+            fill: str = "black") -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̃, fill) normalised [3,S,S] once: RGB by default, BGR fed as is with ``bgr_compat`` (reference scripts).
+
+    fill: black = the all-zero image normalised (reference); mean = 0 in normalised space (the mean colour);
+    blur = the image blurred by a Gaussian 11×11, σ 5, normalised.
+    """
+    img = np.asarray(image_bgr)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise UsageError(f"SMDL needs a uint8 HxWx3 BGR image, got dtype {img.dtype} shape {img.shape}")
+    if fill not in FILLS:
+        raise UsageError(f"unknown --fill {fill!r} (choose from {', '.join(FILLS)})")
+    pre = _preprocess_fn(backend_or_preprocess)
+    fed = img if bgr_compat else img[:, :, ::-1]
+    x = pre(np.ascontiguousarray(fed))[0].float()
+    if tuple(x.shape[1:]) != img.shape[:2]:
+        raise UsageError(f"the model input is {x.shape[1]}x{x.shape[2]} but the image is {img.shape[0]}x"
+                         f"{img.shape[1]}: resize images to the model size first (read_image_bgr)")
+    if fill == "black":
+        b = pre(np.zeros_like(img))[0].float()
+    elif fill == "mean":
+        b = torch.zeros_like(x)
+    else:
+        import cv2
+
+        blurred = cv2.GaussianBlur(img, (11, 11), 5)
+        b = pre(np.ascontiguousarray(blurred if bgr_compat else blurred[:, :, ::-1]))[0].float()
+    return x, b
+
+
+def attribute_image(scorer: Any, preprocess: Any, image_bgr: np.ndarray, target: int, division: dict[str, Any],
+                    cfg: SmdlConfig, fill: str = "black", bgr_compat: bool = False
+                    ) -> tuple[np.ndarray, SmdlResult]:
+    """Divide (``division`` = {"mode": ..., divide() keywords}), attribute; ``result.order`` holds label ids."""
+    div = dict(division)
+    mode = div.pop("mode", "slico")
+    labels = divide(image_bgr, mode, **div)
+    ids, masks = elements(labels)
+    x, b = prepare(preprocess, image_bgr, bgr_compat=bgr_compat, fill=fill)
+    nonblack = np.asarray(image_bgr).astype(np.int32).sum(2) != 0
+    res = attribute(scorer, x, b, torch.from_numpy(masks), target, cfg, nonblack)
+    res.order = ids[res.order.astype(np.int64)].astype(np.int16)
+    res.extra["region_ids"] = ids.astype(np.int32)
+    return labels, res
