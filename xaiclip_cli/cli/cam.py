@@ -15,12 +15,13 @@ from xaiclip_cli.cli.app import group_app
 from xaiclip_cli.cli.command import settings_command
 from xaiclip_cli.cli.output import RunContext
 from xaiclip_cli.config.cam import CamSettings
+from xaiclip_cli.data.formats import IMAGE_EXTENSIONS as _IMAGE_SUFFIXES
+from xaiclip_cli.data.formats import is_volume_name, volume_message
 from xaiclip_cli.errors import UsageError, XaiclipError
 
 app = group_app("Grad-CAM-family heatmaps of image-text alignment for CNN and ViT/SigLIP image towers.")
 log = logging.getLogger("xaiclip.cam")
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _MODEL_FIELDS = ["backend", "model", "revision", "checkpoint", "image_encoder", "text_encoder", "embed_dim",
                  "img_size", "device", "cpu", "seed", "threads", "log_level"]
 
@@ -119,7 +120,7 @@ def _dataset_source(s: CamSettings) -> Any:
         from xaiclip_cli.data.refs import open_source
     except ImportError as exc:
         raise XaiclipError("--dataset needs xaiclip_cli.data.refs, which is not installed") from exc
-    return open_source(s.dataset)
+    return open_source(s.dataset, intensity=s.intensity)
 
 
 def _texts(s: CamSettings, required: bool = True, source: Any = None) -> Any:
@@ -169,10 +170,15 @@ def _expand_images(s: CamSettings) -> list[tuple[Path, Path]]:
         elif entry.is_dir():
             pattern = "**/*" if s.recursive else "*"
             files = sorted(p for p in entry.glob(pattern) if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+            volumes = sorted(p for p in entry.glob(pattern) if p.is_file() and is_volume_name(p))
+            if volumes:
+                raise UsageError(f"--images {entry}: {volume_message(volumes[0])}")
             if not files:
                 raise UsageError(f"--images {entry}: no image files in this folder (try --recursive)")
             out.extend((p, p.parent.relative_to(entry)) for p in files)
         elif entry.is_file():
+            if is_volume_name(entry):
+                raise UsageError(f"--images {volume_message(entry)}")
             out.append((entry, Path()))
         else:
             raise UsageError(f"--images {entry}: no such file or folder")
@@ -187,7 +193,7 @@ class _Item:
 
 
 def _items(s: CamSettings, source: Any = None) -> list[_Item]:
-    from xaiclip_cli.explain.api import load_image
+    from xaiclip_cli.data.imageio import read_image
 
     if s.dataset:
         src = source if source is not None else _dataset_source(s)
@@ -197,17 +203,31 @@ def _items(s: CamSettings, source: Any = None) -> list[_Item]:
         count = min(n, s.limit or n)
         items = []
         for i in range(count):
-            def load(i: int = i) -> Any:
-                return src.get(s.split, i).image
-            items.append(_Item(load, Path(s.split), f"{s.split}_{i:05d}",
-                               {"dataset": s.dataset, "split": s.split, "index": i}))
+            info: dict[str, Any] = {"dataset": s.dataset, "split": s.split, "index": i}
+
+            def load(i: int = i, info: dict[str, Any] = info) -> Any:
+                sample = src.get(s.split, i)
+                if sample.path:
+                    info["path"] = sample.path
+                if sample.intensity is not None:  # how a file's values became uint8 (sidecar `image` block)
+                    info["intensity"] = sample.intensity
+                return sample.image
+            items.append(_Item(load, Path(s.split), f"{s.split}_{i:05d}", info))
         return items
     if not s.images:
         raise UsageError("no images: give --images PATH (files, folders or globs) or --dataset REF")
     pairs = _expand_images(s)
     if s.limit:
         pairs = pairs[: s.limit]
-    return [_Item(lambda p=p: load_image(p), sub, p.stem, {"path": str(p)}) for p, sub in pairs]
+    items = []
+    for p, sub in pairs:
+        info = {"path": str(p)}
+
+        def load(p: Path = p, info: dict[str, Any] = info) -> Any:
+            image, info["intensity"] = read_image(p, s.intensity)  # recorded in the sidecar's `image` block
+            return image
+        items.append(_Item(load, sub, p.stem, info))
+    return items
 
 
 def _done(out_dir: Path, names: list[str] | None, stem: str, method: str) -> bool:
@@ -386,7 +406,7 @@ def _run_workers(s: CamSettings, todo_idx: list[int], manifest: Path, advance: A
 
 
 @settings_command(app, CamSettings, name="layers",
-                  fields=[*_MODEL_FIELDS, "text", "texts_file", "target", "images", "dataset", "split", "score",
+                  fields=[*_MODEL_FIELDS, "text", "texts_file", "target", "images", "dataset", "intensity", "split", "score",
                           "target_layer"])
 def layers(s: CamSettings, ctx: RunContext) -> CamLayersResult:
     """List the image tower's spatial layers (shape, layout, prefix, grid, gradient norm) and mark the auto choice.

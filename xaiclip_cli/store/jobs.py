@@ -30,7 +30,8 @@ def open_dataset(s: Any) -> Any:
     """The DataSource named by --dataset (data/refs.py), capped by --limit."""
     from xaiclip_cli.data.refs import open_source
 
-    source = open_source(s.dataset, size=s.size, data_root=s.data_root, download=s.download)
+    source = open_source(s.dataset, size=s.size, data_root=s.data_root, download=s.download,
+                         intensity=getattr(s, "intensity", None))
     if getattr(s, "limit", None):
         from xaiclip_cli.store.subset import HeadSource
 
