@@ -406,8 +406,8 @@ def _run_workers(s: CamSettings, todo_idx: list[int], manifest: Path, advance: A
 
 
 @settings_command(app, CamSettings, name="layers",
-                  fields=[*_MODEL_FIELDS, "text", "texts_file", "target", "images", "dataset", "intensity", "split", "score",
-                          "target_layer"])
+                  fields=[*_MODEL_FIELDS, "text", "texts_file", "target", "images", "dataset", "intensity", "split",
+                          "score", "target_layer"])
 def layers(s: CamSettings, ctx: RunContext) -> CamLayersResult:
     """List the image tower's spatial layers (shape, layout, prefix, grid, gradient norm) and mark the auto choice.
 

@@ -1,4 +1,4 @@
-"""Image file kinds (2-D images, DICOM, volumes) and the ``--intensity`` mapping spec; pure Python, imports nothing heavy.
+"""Image file kinds (2-D images, DICOM, volumes) and the ``--intensity`` mapping spec (pure Python, nothing heavy).
 
 The mapping from stored values to the model's uint8 input (applied by ``data.imageio``):
 

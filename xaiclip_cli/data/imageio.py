@@ -246,7 +246,7 @@ def decode_image(path: str | Path, intensity: str | Intensity | None = None) -> 
         raise XaiclipError(volume_message(p))
     if not p.is_file():
         raise XaiclipError(f"{p}: image file not found")
-    if is_dicom_name(p):
+    if is_dicom_name(p) or _looks_like_dicom(p):  # archives often drop the .dcm suffix: the DICM magic tells
         return _read_dicom(p, spec)
     try:
         arr = _read_deep_colour(p)
@@ -255,8 +255,6 @@ def decode_image(path: str | Path, intensity: str | Intensity | None = None) -> 
     except XaiclipError:
         raise
     except _READ_ERRORS as exc:
-        if _looks_like_dicom(p):  # a DICOM file without the .dcm suffix (archives often drop it)
-            return _read_dicom(p, spec)
         raise _fail(p, "image", exc) from None
     image, mapping = to_uint8(arr, spec)
     if image.ndim == 2:
