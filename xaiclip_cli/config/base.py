@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 import typing
 from contextvars import ContextVar
 from pathlib import Path
@@ -161,6 +163,51 @@ def resolve_settings(
         raise UsageError(_one_line(exc, str(config_file) if config_file else None)) from exc
     finally:
         _YAML_LAYER.reset(token)
+
+
+def _field_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Every field path of a model, nested models included (``training`` and ``training.device``)."""
+    out: set[str] = set()
+    for name, info in model.model_fields.items():
+        out.add(prefix + name)
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out |= _field_paths(ann, f"{prefix}{name}.")
+    return out
+
+
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
+def unknown_env_keys(model: type[XaiclipSettings], environ: typing.Mapping[str, str] | None = None) -> list[str]:
+    """One warning per ``XAICLIP_<GROUP>__<FIELD>`` variable that names no setting of the group (pydantic-settings
+    ignores them silently), with the nearest field (difflib) when one is close."""
+    prefix = str(model.model_config.get("env_prefix") or "").upper()
+    if not prefix:
+        return []
+    env = os.environ if environ is None else environ
+    keys = [k for k in env if k.upper().startswith(prefix)]
+    if not keys:
+        return []
+    known: set[str] = set()  # commands of a group share the prefix: a key is known when any of them has it
+    for cls in {model, *_subclasses(XaiclipSettings)}:
+        if str(cls.model_config.get("env_prefix") or "").upper() == prefix:
+            known |= _field_paths(cls)
+    out = []
+    for key in sorted(keys):
+        path = key[len(prefix):].lower().replace("__", ".")
+        if path in known:
+            continue
+        near = difflib.get_close_matches(path, sorted(known), n=1, cutoff=0.6)
+        hint = ""
+        if near:
+            hint = f"; did you mean {prefix}{near[0].upper().replace('.', '__')} (field {near[0]})?"
+        out.append(f"environment variable {key} names no {model.group or 'group'} setting and is ignored{hint}")
+    return out
 
 
 def parse_set_overrides(items: list[str]) -> dict[str, Any]:
