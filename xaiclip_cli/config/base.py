@@ -89,6 +89,12 @@ class XaiclipSettings(_ListSplitting, BaseSettings):
     )
 
     @classmethod
+    def default_layer(cls, given: set[str]) -> dict[str, Any]:
+        """Settings used below flags and env vars when no --config is given (``given``: top-level fields set by
+        flags or env vars); empty by default."""
+        return {}
+
+    @classmethod
     def settings_customise_sources(
         cls,
         settings_cls: type[BaseSettings],
@@ -108,9 +114,12 @@ def group_config(group: str) -> SettingsConfigDict:
 
 def load_yaml_layer(path: str | Path, group: str) -> dict[str, Any]:
     """Read a ``--config`` file; a file with group sections contributes only the section of ``group``."""
-    p = Path(path)
+    from xaiclip_cli.resources import config_path, shipped_configs
+
+    p = config_path(path)  # a file, or a shipped config by name from any folder (--config toy-vit)
     if not p.is_file():
-        raise UsageError(f"config file not found: {p}")
+        raise UsageError(f"config file not found: {path} (give a YAML file or a shipped config: "
+                         f"{', '.join(shipped_configs())})")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -155,7 +164,10 @@ def resolve_settings(
     config_file: str | Path | None = None,
 ) -> XaiclipSettings:
     """Build ``model`` from explicit flags, the environment, an optional YAML file and the defaults, in that order."""
-    layer = load_yaml_layer(config_file, model.group) if config_file else {}
+    if config_file:
+        layer = load_yaml_layer(config_file, model.group)
+    else:  # a command may ship defaults that its field defaults cannot express (train clip: the toy recipe)
+        layer = model.default_layer(set(flags or {}) | env_fields(model))
     token = _YAML_LAYER.set(layer)
     try:
         return model(**(flags or {}))
@@ -181,6 +193,16 @@ def _subclasses(cls: type) -> list[type]:
     for sub in cls.__subclasses__():
         out += [sub, *_subclasses(sub)]
     return out
+
+
+def env_fields(model: type[XaiclipSettings], environ: typing.Mapping[str, str] | None = None) -> set[str]:
+    """Top-level fields of ``model`` that ``XAICLIP_<GROUP>__<FIELD>`` variables set."""
+    prefix = str(model.model_config.get("env_prefix") or "").upper()
+    env = os.environ if environ is None else environ
+    if not prefix:
+        return set()
+    names = {k[len(prefix):].split("__", 1)[0].lower() for k in env if k.upper().startswith(prefix)}
+    return names & set(model.model_fields)
 
 
 def unknown_env_keys(model: type[XaiclipSettings], environ: typing.Mapping[str, str] | None = None) -> list[str]:

@@ -117,8 +117,6 @@ def model_spec(settings: Any, tokenizer: Any) -> dict[str, Any]:
     return spec
 
 
-# --- evaluation -----------------------------------------------------------------------------------------------------
-@torch.no_grad()
 def _load_state(path: Path) -> dict[str, Any]:
     """A training checkpoint (tensors and plain Python only); a damaged file is one line naming it (exit 1)."""
     try:
@@ -129,6 +127,8 @@ def _load_state(path: Path) -> dict[str, Any]:
                            "damaged: delete it (and --resume) to start over") from None
 
 
+# --- evaluation -----------------------------------------------------------------------------------------------------
+@torch.no_grad()
 def encode_split_images(model: ClipModel, images: torch.Tensor, settings: Any, device: torch.device,
                         batch_size: int = 256) -> torch.Tensor:
     """Normalised global image features [N,D] of a uint8 split."""
@@ -499,8 +499,14 @@ def train_clip(
         return result
 
     # Evaluate and export the best checkpoint (not the live weights of the last epoch).
-    best_state = _load_state(ckpt_dir / "best.pt")
-    model.load_state_dict(best_state["model"])
+    if (ckpt_dir / "best.pt").is_file() or best_epoch > 0:
+        best_state = _load_state(ckpt_dir / "best.pt")
+        model.load_state_dict(best_state["model"])
+    else:  # the metric was NaN every epoch (a val split lacking classes): no best, the last epoch is exported
+        log.warning("%s was never finite (a val split too small to hold every class?); exporting the last epoch",
+                    select)
+        best_epoch = len(rows)
+        result["best_epoch"] = best_epoch
     model.eval()
     val_best = evaluate(model, tokenizer, data, eval_split, settings, device)
     test = evaluate(model, tokenizer, data, "test", settings, device) if "test" in data.splits else {}
