@@ -22,8 +22,8 @@ from xaiclip_cli.errors import UsageError, XaiclipError
 app = group_app("Grad-CAM-family heatmaps of image-text alignment for CNN and ViT/SigLIP image towers.")
 log = logging.getLogger("xaiclip.cam")
 
-_MODEL_FIELDS = ["backend", "model", "revision", "checkpoint", "image_encoder", "text_encoder", "embed_dim",
-                 "img_size", "device", "cpu", "seed", "threads", "log_level"]
+_MODEL_FIELDS = ["backend", "model", "revision", "trust_remote_code", "checkpoint", "image_encoder", "text_encoder",
+                 "embed_dim", "img_size", "device", "cpu", "seed", "threads", "log_level"]
 
 
 class CamRunResult(BaseModel):
@@ -87,7 +87,8 @@ def _load_backend(s: CamSettings) -> Any:
                 f"--checkpoint {s.checkpoint}: a raw state-dict file is not supported yet; pass the export folder "
                 "written by `xaiclip train clip` (model.safetensors + clip_spec + tokenizer)"
             )
-    backend = load_backend(name, model, revision=s.revision, device=_device(s))
+    backend = load_backend(name, model, revision=s.revision, device=_device(s),
+                           trust_remote_code=s.trust_remote_code)
     if s.checkpoint is not None:
         _warn_tower_mismatch(s, backend)
     for field, attr in (("embed_dim", "embed_dim"), ("img_size", "image_size")):

@@ -14,7 +14,7 @@ from xaiclip_cli.config.store import StoreSettings
 
 app = group_app("Encode prompts and images with a CLIP-style model into an HDF5 feature library.")
 
-_MODEL = ["backend", "model", "revision"]
+_MODEL = ["backend", "model", "revision", "trust_remote_code"]
 _RUNTIME = ["device", "threads", "log_level"]
 
 

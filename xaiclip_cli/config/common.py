@@ -69,6 +69,10 @@ class ModelSelection(XaiclipSettings):
         "(conceptclip default JerrryNie/ConceptCLIP).",
     )
     revision: str | None = Field(None, description="Hub revision (commit) to load; conceptclip has a pinned default.")
+    trust_remote_code: bool = Field(
+        False, description="Run the Python code of a ConceptCLIP-style repository other than the pinned default "
+        "(needs a pinned --revision commit, or a local folder).",
+    )
 
 
 class ImageFileSettings(XaiclipSettings):

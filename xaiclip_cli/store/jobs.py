@@ -59,7 +59,8 @@ def load_model(s: Any, device: str) -> Any:
     """The backend named by --backend/--model/--revision on ``device``."""
     from xaiclip_cli.models.registry import load_backend
 
-    return load_backend(s.backend, s.model, revision=s.revision, device=device)
+    return load_backend(s.backend, s.model, revision=s.revision, device=device,
+                        trust_remote_code=bool(getattr(s, "trust_remote_code", False)))
 
 
 def image_options(s: Any, rank: RankInfo, manage_index: bool) -> ImageOptions:
