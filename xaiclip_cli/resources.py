@@ -15,15 +15,24 @@ def configs_dir() -> Path:
     return _PKG.parent / "configs"
 
 
-def config_path(name: str) -> Path:
-    """Return a shipped config file by name (``toycells.yaml``) or the path itself when it exists."""
-    p = Path(name)
+def config_path(name: str | Path) -> Path:
+    """Return a shipped config file by name (``toy-vit``, ``toycells.yaml``, ``configs/toy-vit.yaml``) from any
+    folder, or the path itself when it exists (a user's file wins over a shipped one of the same name)."""
+    p = Path(name).expanduser()
     if p.exists():
         return p
-    cand = configs_dir() / name
-    if cand.suffix == "":
-        cand = cand.with_suffix(".yaml")
-    return cand
+    for cand in (configs_dir() / p, configs_dir() / p.name):  # 'configs/x.yaml' as the README writes it
+        if cand.suffix == "":
+            cand = cand.with_suffix(".yaml")
+        if cand.is_file():
+            return cand
+    cand = configs_dir() / p.name
+    return cand if cand.suffix else cand.with_suffix(".yaml")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the shipped config files (``toy-vit``, ``toycells``, ...)."""
+    return sorted(p.stem for p in configs_dir().glob("*.yaml"))
 
 
 def resource_dir(*parts: str) -> Path:

@@ -288,3 +288,50 @@ def test_gpus_without_cuda_exit_2_naming_option(tmp_path, monkeypatch) -> None:
     r = _run(["cam", "run", "--images", str(img), "--text", "a", "--gpus", "0,1", "--output-dir", str(tmp_path / "o")])
     assert r.exit_code == 2, r.output
     assert "--gpus 0,1" in r.output and "CUDA is not available" in r.output
+
+
+def test_16bit_png_and_dicom_images_are_decoded_and_recorded(tmp_path) -> None:
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    src = tmp_path / "in"
+    src.mkdir()
+    ramp = np.tile(np.linspace(30000, 31000, 56).astype(np.uint16), (48, 1))  # Pillow's 8-bit view: all 255
+    Image.fromarray(ramp).save(src / "ramp16.png")
+    ct = get_testdata_file("CT_small.dcm", download=False)
+    (src / "ct.dcm").write_bytes(Path(ct).read_bytes())
+    out = tmp_path / "out"
+    r = _run(["cam", "run", "--images", str(src), "--text", "a cell", "--text", "a dog", "--output-dir", str(out),
+              "--cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["images"] == 2 and res["failed"] == 0
+    sides = {Path(row["image"]).name: json.loads((out / row["file"]).read_text()) for row in res["rows"]}
+    ramp_side, ct_side = sides["ramp16.png"]["image"], sides["ct.dcm"]["image"]
+    assert ramp_side["intensity"]["kind"] == "minmax" and ramp_side["intensity"]["source_dtype"] == "uint16"
+    assert (ramp_side["intensity"]["min"], ramp_side["intensity"]["max"]) == (30000.0, 31000.0)
+    assert ct_side["intensity"]["format"] == "dicom" and ct_side["intensity"]["rescale"]["intercept"] == -1024.0
+    assert sides["ct.dcm"]["channels_in"] == 1
+
+    win = _run(["cam", "run", "--images", str(src / "ct.dcm"), "--text", "a cell", "--output-dir",
+                str(tmp_path / "w"), "--cpu", "--intensity", "window:40,400", "--json"])
+    assert win.exit_code == 0, win.output
+    row = json.loads(win.stdout)["rows"][0]
+    assert json.loads((tmp_path / "w" / row["file"]).read_text())["image"]["intensity"]["params"] == {
+        "center": 40.0, "width": 400.0}
+    assert pydicom is not None
+
+
+@pytest.mark.parametrize(("setup", "needle"), [
+    ("vol", "brain.nii.gz: a 3-D volume"),
+    ("intensity", "invalid setting 'intensity'"),
+])
+def test_volumes_and_bad_intensity_exit_2(tmp_path, setup: str, needle: str) -> None:
+    (img,) = _write_images(tmp_path / "in", 1)
+    vol = tmp_path / "in" / "brain.nii.gz"
+    vol.write_bytes(b"\x1f\x8b")
+    args = ["cam", "run", "--text", "a cell", "--output-dir", str(tmp_path / "o"), "--cpu"]
+    args += ["--images", str(vol)] if setup == "vol" else ["--images", str(img), "--intensity", "window:1"]
+    r = _run(args)
+    assert r.exit_code == 2, r.output
+    assert needle in r.output and "Traceback" not in r.output

@@ -15,6 +15,14 @@ from xaiclip_cli.errors import UsageError
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def eight_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Layering, not hardware: --gpus lists pass the device check as if this machine had 8 GPUs."""
+    import xaiclip_cli.devices as devices
+
+    monkeypatch.setattr(devices, "_cuda_state", lambda: (8, ""))
+
+
 def lr_of(args: list[str], env: dict[str, str] | None = None) -> float:
     r = runner.invoke(app, ["run", "--json", *args], env=env)
     assert r.exit_code == 0, r.output

@@ -37,8 +37,10 @@ def test_metadata_bloodmnist(capsys) -> None:
 
 
 def test_bad_flag_and_size() -> None:
-    with pytest.raises(UsageError, match="unknown MedMNIST flag 'organmnist3d'; known 2D flags: pathmnist"):
+    with pytest.raises(UsageError, match="'organmnist3d' is a 3-D volume dataset; xaiclip reads 2-D images only"):
         mm.flag_info("organmnist3d")
+    with pytest.raises(UsageError, match="unknown MedMNIST flag 'nosuchmnist'; known 2D flags: pathmnist"):
+        mm.flag_info("nosuchmnist")
     with pytest.raises(UsageError, match="size 32 is not available; use one of 28, 64, 128, 224"):
         mm.file_name("bloodmnist", 32)
 

@@ -124,7 +124,8 @@ def test_auto_layer_on_conceptclip_replica_is_trunk_norm(tmp_path) -> None:
     from tests.models.conceptclip_replica import build_replica
     from xaiclip_cli.models.registry import load_backend
 
-    backend = load_backend("conceptclip", str(build_replica(tmp_path / "cc")), device="cpu")
+    backend = load_backend("conceptclip", str(build_replica(tmp_path / "cc")), device="cpu",
+                           trust_remote_code=True)
     assert backend.num_prefix_tokens == 0
     assert _chosen(backend) == "trunk.norm"
 

@@ -240,7 +240,8 @@ def test_conceptclip_replica(tmp_path_factory) -> None:
     from tests.models.conceptclip_replica import build_replica
     from xaiclip_cli.models.conceptclip import load_conceptclip
 
-    be = load_conceptclip(str(build_replica(tmp_path_factory.mktemp("cc_replica_legrad"), seed=0)), device="cpu")
+    be = load_conceptclip(str(build_replica(tmp_path_factory.mktemp("cc_replica_legrad"), seed=0)), device="cpu",
+                          trust_remote_code=True)
     imgs = [np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8) for i in range(2)]
     res = explain(be, imgs, ["a cell", "a tumour"], method="legrad", target=1, batch_size=2)
     one = explain(be, imgs[1:], ["a cell", "a tumour"], method="legrad", target=1)

@@ -29,7 +29,7 @@ def conceptclip_backend(conceptclip_replica_dir: Path):
     """The replica loaded by ``load_conceptclip`` exactly as the real model is."""
     from xaiclip_cli.models.conceptclip import load_conceptclip
 
-    return load_conceptclip(str(conceptclip_replica_dir), device="cpu")
+    return load_conceptclip(str(conceptclip_replica_dir), device="cpu", trust_remote_code=True)
 
 
 # --- transformers CLIP / SigLIP ----------------------------------------------------------------------------------

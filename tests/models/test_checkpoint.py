@@ -125,9 +125,9 @@ def test_bad_dirs_give_one_line_errors(export_copy: Path, tmp_path: Path) -> Non
     spec = export_copy / SPEC_FILE
     good = spec.read_text()
     spec.write_text("{not json")
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(XaiclipError) as e:  # damaged, not misused: exit 1 naming the file
         load_checkpoint_backend(str(export_copy))
-    assert "invalid JSON" in _one_line(e)
+    assert "invalid JSON" in _one_line(e) and str(spec) in _one_line(e) and e.value.exit_code == 1
     spec.write_text(json.dumps({"hello": 1}))
     with pytest.raises(UsageError) as e:
         load_checkpoint_backend(str(export_copy))

@@ -268,7 +268,7 @@ def test_token_never_reaches_logs_or_provenance(conceptclip_replica_dir: Path, m
 
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", spy)
     with caplog.at_level(logging.DEBUG):
-        b = load_conceptclip(str(conceptclip_replica_dir), device="cpu")
+        b = load_conceptclip(str(conceptclip_replica_dir), device="cpu", trust_remote_code=True)
         text = json.dumps(b.provenance())
         b.encode_texts(["a cell"])
     out, err = capfd.readouterr()
@@ -290,20 +290,20 @@ def test_meta_device_failure_is_retried_once(conceptclip_replica_dir: Path, monk
         return real(*args, **kwargs)
 
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", flaky)
-    b = load_conceptclip(str(conceptclip_replica_dir), device="cpu")
+    b = load_conceptclip(str(conceptclip_replica_dir), device="cpu", trust_remote_code=True)
     assert len(calls) == 2 and calls[1]["low_cpu_mem_usage"] is False
     assert b.embed_dim == 32
 
 
 def test_not_a_conceptclip_model_is_refused(hf_clip_dir: Path) -> None:
     with pytest.raises(XaiclipError, match="ConceptCLIP"):
-        load_conceptclip(str(hf_clip_dir), device="cpu")
+        load_conceptclip(str(hf_clip_dir), device="cpu", trust_remote_code=True)
 
 
 def test_registry_reaches_the_backend(conceptclip_replica_dir: Path) -> None:
     from xaiclip_cli.models.registry import load_backend
 
-    b = load_backend("conceptclip", model=str(conceptclip_replica_dir), device="cpu")
+    b = load_backend("conceptclip", model=str(conceptclip_replica_dir), device="cpu", trust_remote_code=True)
     assert isinstance(b, ConceptCLIPBackend) and b.device.type == "cpu"
 
 
@@ -333,3 +333,67 @@ def test_real_conceptclip_contract() -> None:
     assert tok.shape == (2, 729, 1152)
     assert torch.nn.functional.cosine_similarity(g_bf16, g_fp32).min() >= 0.999
     assert b.provenance()["model_revision"] == DEFAULT_REVISION
+
+
+# --- remote code only when pinned and trusted ----------------------------------------------------------------------
+def _never_loaded(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Record from_pretrained calls: a refusal must come before any repository code is fetched or run."""
+    import transformers
+
+    calls: list[tuple] = []
+
+    def record(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise AssertionError("from_pretrained reached")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", record)
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", record)
+    return calls
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.mark.parametrize(("model", "revision", "trust", "needle"), [
+    ("someone/OtherCLIP", None, False, "pass --trust-remote-code"),
+    ("someone/OtherCLIP", COMMIT, False, "pass --trust-remote-code"),
+    ("someone/OtherCLIP", None, True, "needs --revision <40-hex commit> (got none)"),
+    ("someone/OtherCLIP", "main", True, "needs --revision <40-hex commit> (got main)"),
+    (DEFAULT_MODEL, "main", False, "pass --trust-remote-code"),
+    (DEFAULT_MODEL, "v1.0", True, "(got v1.0)"),
+])
+def test_unpinned_or_untrusted_remote_code_is_refused(monkeypatch: pytest.MonkeyPatch, model: str,
+                                                       revision: str | None, trust: bool, needle: str) -> None:
+    calls = _never_loaded(monkeypatch)
+    with pytest.raises(UsageError) as err:
+        load_conceptclip(model, revision, device="cpu", trust_remote_code=trust)
+    assert needle in str(err.value) and "\n" not in str(err.value) and not calls
+
+
+def test_local_folder_needs_trust(conceptclip_replica_dir: Path) -> None:
+    with pytest.raises(UsageError, match=f"--model {conceptclip_replica_dir} runs that repository's own Python code"):
+        load_conceptclip(str(conceptclip_replica_dir), device="cpu")
+
+
+def test_pinned_default_and_trusted_commit_reach_the_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _never_loaded(monkeypatch)
+    with pytest.raises(XaiclipError, match="from_pretrained reached"):
+        load_conceptclip(None, device="cpu")  # the pinned default needs no flag
+    assert calls[-1][1]["revision"] == DEFAULT_REVISION and calls[-1][1]["trust_remote_code"] is True
+    with pytest.raises(XaiclipError, match="from_pretrained reached"):
+        load_conceptclip("someone/OtherCLIP", COMMIT, device="cpu", trust_remote_code=True)
+    assert calls[-1][0][0] == "someone/OtherCLIP" and calls[-1][1]["revision"] == COMMIT
+
+
+def test_cli_refuses_other_remote_code_with_exit_2(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from xaiclip_cli.cli.main import app
+
+    r = CliRunner().invoke(app, ["store", "text", "--h5", str(tmp_path / "s.h5"), "--backend", "conceptclip",
+                                 "--model", "someone/OtherCLIP", "--device", "cpu"])
+    assert r.exit_code == 2, r.output
+    assert "--trust-remote-code" in r.stderr and not (tmp_path / "s.h5").exists()
+    r = CliRunner().invoke(app, ["cam", "layers", "--backend", "conceptclip", "--model", "someone/OtherCLIP",
+                                 "--trust-remote-code", "--device", "cpu"])
+    assert r.exit_code == 2 and "needs --revision <40-hex commit>" in r.stderr, r.output

@@ -91,7 +91,7 @@ def run(s: CamSettings, ctx: RunContext) -> CamRunResult:
 
 
 @settings_command(app, CamSettings, name="layers",
-                  fields=[*_MODEL_FIELDS, "text", "texts_file", "target", "images", "dataset", "split", "score",
+                  fields=[*_MODEL_FIELDS, "text", "texts_file", "target", "images", "dataset", "intensity", "split", "score",
                           "target_layer"])
 def layers(s: CamSettings, ctx: RunContext) -> CamLayersResult:
     """List the image tower's spatial layers (shape, layout, prefix, grid, gradient norm) and mark the auto choice.

@@ -30,7 +30,9 @@ from xaiclip_cli.config.base import (
     parse_set_overrides,
     resolve_settings,
     set_dotted,
+    unknown_env_keys,
 )
+from xaiclip_cli.devices import check_settings_devices
 from xaiclip_cli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, XaiclipError
 
 # Option names every settings command gets; group models must not define fields with these names.
@@ -251,12 +253,15 @@ def settings_command(
                         value = value.value
                     set_dotted(flags, to_path[pname], list(value) if isinstance(value, tuple) else value)
                 flags = deep_merge(flags, parse_set_overrides(list(sets)))
+                for message in unknown_env_keys(model):  # a typo in XAICLIP_<GROUP>__<FIELD> would be ignored
+                    ctx.warn(message)
                 settings = resolve_settings(model, flags, config_file)
                 if print_config:
                     sys.stdout.write(dump_yaml(settings))
                     return 0
                 level = getattr(settings, "log_level", "info")
                 configure_logging(level, quiet=ctx.quiet or ctx.json)
+                check_settings_devices(settings)  # --device cuda / --gpus without CUDA: one line, exit 2
                 result = fn(settings, ctx)
                 emit(result, ctx)
                 return ctx.exit_code

@@ -14,7 +14,7 @@ from xaiclip_cli.config.store import StoreSettings
 
 app = group_app("Encode prompts and images with a CLIP-style model into an HDF5 feature library.")
 
-_MODEL = ["backend", "model", "revision"]
+_MODEL = ["backend", "model", "revision", "trust_remote_code"]
 _RUNTIME = ["device", "threads", "log_level"]
 
 
@@ -45,8 +45,8 @@ def text(s: StoreSettings, ctx: RunContext) -> BaseModel | None:
 
 
 @settings_command(app, StoreSettings, name="image", fields=[
-    "h5", *_MODEL, "dataset", "size", "data_root", "download", "limit", "layout", "part_rows", "tokens", "cls_dtype",
-    "batch_size", "overwrite", "space_check", "check_source", "gpus", *_RUNTIME,
+    "h5", *_MODEL, "dataset", "intensity", "size", "data_root", "download", "limit", "layout", "part_rows", "tokens",
+    "cls_dtype", "batch_size", "overwrite", "space_check", "check_source", "gpus", *_RUNTIME,
 ])
 def image(s: StoreSettings, ctx: RunContext) -> BaseModel | None:
     """Encode every image of a dataset into the store: CLS features, token features and row columns.

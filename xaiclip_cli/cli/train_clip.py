@@ -42,8 +42,9 @@ def register(app: typer.Typer) -> None:
         Labelled data (toycells, medmnist:<flag>) is paired with prompts (--templates with {label}, --prompts YAML);
         --pairs CSV gives captions directly. Writes a run dir under --output-dir (config.yaml, metrics.csv,
         results.json, checkpoints/last.pt and best.pt, export/) and, with --export-to, a copy of export/ that the
-        checkpoint backend loads (--backend checkpoint --model DIR). Example:
-        xaiclip train clip --config configs/toy-vit.yaml --export-to xaiclip_cli/resources/toy/toy-vit --overwrite
+        checkpoint backend loads (--backend checkpoint --model DIR). Without --config the shipped toy-vit recipe is
+        the default (a 64-px ViT on the toy cells, minutes on a CPU); --config takes a file or a shipped name
+        (toy-vit, toy-cnn) from any folder. Example: xaiclip train clip --config toy-cnn --export-to my-toy-cnn
         """
         from xaiclip_cli.train.clip import train_clip
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 import typing
 from contextvars import ContextVar
 from pathlib import Path
@@ -87,6 +89,12 @@ class XaiclipSettings(_ListSplitting, BaseSettings):
     )
 
     @classmethod
+    def default_layer(cls, given: set[str]) -> dict[str, Any]:
+        """Settings used below flags and env vars when no --config is given (``given``: top-level fields set by
+        flags or env vars); empty by default."""
+        return {}
+
+    @classmethod
     def settings_customise_sources(
         cls,
         settings_cls: type[BaseSettings],
@@ -106,9 +114,12 @@ def group_config(group: str) -> SettingsConfigDict:
 
 def load_yaml_layer(path: str | Path, group: str) -> dict[str, Any]:
     """Read a ``--config`` file; a file with group sections contributes only the section of ``group``."""
-    p = Path(path)
+    from xaiclip_cli.resources import config_path, shipped_configs
+
+    p = config_path(path)  # a file, or a shipped config by name from any folder (--config toy-vit)
     if not p.is_file():
-        raise UsageError(f"config file not found: {p}")
+        raise UsageError(f"config file not found: {path} (give a YAML file or a shipped config: "
+                         f"{', '.join(shipped_configs())})")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -153,7 +164,10 @@ def resolve_settings(
     config_file: str | Path | None = None,
 ) -> XaiclipSettings:
     """Build ``model`` from explicit flags, the environment, an optional YAML file and the defaults, in that order."""
-    layer = load_yaml_layer(config_file, model.group) if config_file else {}
+    if config_file:
+        layer = load_yaml_layer(config_file, model.group)
+    else:  # a command may ship defaults that its field defaults cannot express (train clip: the toy recipe)
+        layer = model.default_layer(set(flags or {}) | env_fields(model))
     token = _YAML_LAYER.set(layer)
     try:
         return model(**(flags or {}))
@@ -161,6 +175,61 @@ def resolve_settings(
         raise UsageError(_one_line(exc, str(config_file) if config_file else None)) from exc
     finally:
         _YAML_LAYER.reset(token)
+
+
+def _field_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Every field path of a model, nested models included (``training`` and ``training.device``)."""
+    out: set[str] = set()
+    for name, info in model.model_fields.items():
+        out.add(prefix + name)
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out |= _field_paths(ann, f"{prefix}{name}.")
+    return out
+
+
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
+def env_fields(model: type[XaiclipSettings], environ: typing.Mapping[str, str] | None = None) -> set[str]:
+    """Top-level fields of ``model`` that ``XAICLIP_<GROUP>__<FIELD>`` variables set."""
+    prefix = str(model.model_config.get("env_prefix") or "").upper()
+    env = os.environ if environ is None else environ
+    if not prefix:
+        return set()
+    names = {k[len(prefix):].split("__", 1)[0].lower() for k in env if k.upper().startswith(prefix)}
+    return names & set(model.model_fields)
+
+
+def unknown_env_keys(model: type[XaiclipSettings], environ: typing.Mapping[str, str] | None = None) -> list[str]:
+    """One warning per ``XAICLIP_<GROUP>__<FIELD>`` variable that names no setting of the group (pydantic-settings
+    ignores them silently), with the nearest field (difflib) when one is close."""
+    prefix = str(model.model_config.get("env_prefix") or "").upper()
+    if not prefix:
+        return []
+    env = os.environ if environ is None else environ
+    keys = [k for k in env if k.upper().startswith(prefix)]
+    if not keys:
+        return []
+    known: set[str] = set()  # commands of a group share the prefix: a key is known when any of them has it
+    for cls in {model, *_subclasses(XaiclipSettings)}:
+        if str(cls.model_config.get("env_prefix") or "").upper() == prefix:
+            known |= _field_paths(cls)
+    out = []
+    for key in sorted(keys):
+        path = key[len(prefix):].lower().replace("__", ".")
+        if path in known:
+            continue
+        near = difflib.get_close_matches(path, sorted(known), n=1, cutoff=0.6)
+        hint = ""
+        if near:
+            hint = f"; did you mean {prefix}{near[0].upper().replace('.', '__')} (field {near[0]})?"
+        out.append(f"environment variable {key} names no {model.group or 'group'} setting and is ignored{hint}")
+    return out
 
 
 def parse_set_overrides(items: list[str]) -> dict[str, Any]:

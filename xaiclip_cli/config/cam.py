@@ -8,14 +8,14 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from xaiclip_cli.config.base import group_config
-from xaiclip_cli.config.common import ModelSelection, RuntimeSettings
+from xaiclip_cli.config.common import ImageFileSettings, ModelSelection, RuntimeSettings
 
 CamMethod = Literal[
     "gradcam", "hirescam", "layercam", "xgradcam", "gradcam++", "eigencam", "scorecam", "gscorecam", "legrad",
 ]
 
 
-class CamSettings(ModelSelection, RuntimeSettings):
+class CamSettings(ModelSelection, ImageFileSettings, RuntimeSettings):
     """Which model, images, texts, method and layer; how maps are scored, normalised and drawn."""
 
     group: ClassVar[str] = "cam"

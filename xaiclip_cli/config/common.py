@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from xaiclip_cli.config.base import XaiclipSettings
+from xaiclip_cli.data.formats import INTENSITY_HELP, parse_intensity
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -68,3 +69,18 @@ class ModelSelection(XaiclipSettings):
         "(conceptclip default JerrryNie/ConceptCLIP).",
     )
     revision: str | None = Field(None, description="Hub revision (commit) to load; conceptclip has a pinned default.")
+    trust_remote_code: bool = Field(
+        False, description="Run the Python code of a ConceptCLIP-style repository other than the pinned default "
+        "(needs a pinned --revision commit, or a local folder).",
+    )
+
+
+class ImageFileSettings(XaiclipSettings):
+    """How image files (PNG, TIFF, DICOM, ...) become the model's uint8 input (mixed into groups that read them)."""
+
+    intensity: str = Field("auto", description=INTENSITY_HELP)
+
+    @field_validator("intensity")
+    @classmethod
+    def _check_intensity(cls, value: str) -> str:
+        return str(parse_intensity(value))

@@ -8,10 +8,10 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator
 
 from xaiclip_cli.config.base import group_config
-from xaiclip_cli.config.common import ComputeSettings, ModelSelection
+from xaiclip_cli.config.common import ComputeSettings, ImageFileSettings, ModelSelection
 
 
-class StoreSettings(ModelSelection, ComputeSettings):
+class StoreSettings(ModelSelection, ImageFileSettings, ComputeSettings):
     """Where the feature library lives, what goes in it and how it is written."""
 
     group: ClassVar[str] = "store"

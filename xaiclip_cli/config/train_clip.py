@@ -25,11 +25,36 @@ def _mapping(value: Any) -> Any:
     return value
 
 
+# Without --config, `train clip` starts from the shipped toy-vit recipe (a 64-px ViT on the toy cells, minutes on a
+# CPU) instead of the field defaults (a ResNet-18 at 224 px). Giving a key of one of these parts by flag or env
+# drops that whole part of the recipe, so that e.g. --image-model resnet50 gets timm's own kwargs, not the ViT's.
+EMBEDDED_DEFAULT = "toy-vit"
+_RECIPE_PARTS = (
+    {"image_model", "image_kwargs", "image_pool", "image_pool_heads", "image_pool_query", "pretrained",
+     "pretrained_path"},
+    {"data", "pairs", "prompts", "label_names", "templates", "path_key", "caption_key"},
+    {"text_model", "text_config", "tokenizer", "text_pooling"},
+)
+
+
 class ClipTrainSettings(RuntimeSettings):
     """Contrastive image–text training of a timm image tower + Hugging Face text tower (``train clip``)."""
 
     group: ClassVar[str] = "train"
     model_config = group_config("train")
+
+    @classmethod
+    def default_layer(cls, given: set[str]) -> dict[str, Any]:
+        """The shipped toy-vit recipe (configs/toy-vit.yaml) minus its run name and the parts the user set."""
+        from xaiclip_cli.config.base import load_yaml_layer
+
+        layer = dict(load_yaml_layer(EMBEDDED_DEFAULT, cls.group))
+        layer.pop("name", None)  # a timestamped run name: two default runs never share a run dir
+        for part in _RECIPE_PARTS:
+            if part & given:
+                for key in part:
+                    layer.pop(key, None)
+        return layer
 
     output_dir: Path = Field(Path("runs"), description="Folder that holds the run directories.")
 

@@ -23,6 +23,7 @@ class Sample:
     path: str | None = None
     text: str | None = None
     targets: np.ndarray | None = None  # multi-label rows (label is then -1)
+    intensity: dict[str, Any] | None = None  # how a file's stored values became uint8 (data.imageio), None for npz
 
 
 @dataclass

@@ -13,8 +13,11 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from xaiclip_cli.data.base import SPLITS, DataSource, Sample, SourceInfo
-from xaiclip_cli.data.imageio import load_image, load_mask
+from xaiclip_cli.data.formats import is_volume_name, parse_intensity, volume_message
+from xaiclip_cli.data.imageio import decode_image, load_mask
 from xaiclip_cli.errors import UsageError, XaiclipError
 
 REQUIRED_COLUMNS = ("path", "label", "split")
@@ -99,6 +102,8 @@ def read_manifest(csv_path: str | Path, class_names: list[str] | None = None) ->
         path = path if path.is_absolute() else base / path
         if not path.is_file():
             raise UsageError(f"{where}: image {path} not found")
+        if is_volume_name(path):
+            raise UsageError(f"{where}: {volume_message(path)}")
         split = r["split"].lower()
         if split not in SPLITS:
             raise UsageError(f"{where}: split {r['split']!r} is not one of {', '.join(SPLITS)}")
@@ -126,8 +131,13 @@ def read_manifest(csv_path: str | Path, class_names: list[str] | None = None) ->
 class CsvSource(DataSource):
     """Images listed in a CSV manifest, with optional per-row caption text and mask file."""
 
-    def __init__(self, csv_path: str | Path, class_names: list[str] | None = None) -> None:
+    def __init__(self, csv_path: str | Path, class_names: list[str] | None = None,
+                 intensity: str | None = None) -> None:
         self.csv_path = Path(csv_path).expanduser()
+        try:
+            self.intensity = parse_intensity(intensity)
+        except ValueError as exc:
+            raise UsageError(f"--intensity: {exc}") from None
         rows, self.class_names = read_manifest(self.csv_path, class_names)
         self._rows = {s: [r for r in rows if r.split == s] for s in SPLITS}
 
@@ -147,7 +157,8 @@ class CsvSource(DataSource):
         if not 0 <= index < len(rows):
             raise UsageError(f"{self.csv_path}: index {index} out of range for split {split!r} of size {len(rows)}")
         r = rows[index]
-        image = load_image(r.path)
+        decoded = decode_image(r.path, self.intensity)
+        image = np.repeat(decoded.image, 3, axis=2) if decoded.image.shape[2] == 1 else decoded.image
         mask = None
         if r.mask is not None:
             mask = load_mask(r.mask)
@@ -157,12 +168,13 @@ class CsvSource(DataSource):
                     f"image is {image.shape[1]}x{image.shape[0]}"
                 )
         return Sample(
-            image=image, label=r.label, split=split, index=int(index), mask=mask, path=str(r.path), text=r.text
+            image=image, label=r.label, split=split, index=int(index), mask=mask, path=str(r.path), text=r.text,
+            intensity=decoded.mapping,
         )
 
     def info(self) -> SourceInfo:
         """Provenance: the manifest file and class names."""
         return SourceInfo(
             kind="csv", ref=f"csv:{self.csv_path}", file=str(self.csv_path), class_names=list(self.class_names),
-            extra={"split_sizes": self.split_sizes()},
+            extra={"split_sizes": self.split_sizes(), "intensity": self.intensity.spec()},
         )

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xaiclip_cli.data.formats import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
+from xaiclip_cli.data.formats import is_volume_name, volume_message
 from xaiclip_cli.errors import UsageError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -51,10 +51,15 @@ def expand_images(entries: Sequence[Path | str], recursive: bool = False, flag: 
         elif entry.is_dir():
             pattern = "**/*" if recursive else "*"
             files = sorted(p for p in entry.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            volumes = sorted(p for p in entry.glob(pattern) if p.is_file() and is_volume_name(p))
+            if volumes:
+                raise UsageError(f"{flag} {entry}: {volume_message(volumes[0])}")
             if not files:
                 raise UsageError(f"{flag} {entry}: no image files in this folder (try --recursive)")
             out.extend((p, p.parent.relative_to(entry)) for p in files)
         elif entry.is_file():
+            if is_volume_name(entry):
+                raise UsageError(f"{flag} {volume_message(entry)}")
             out.append((entry, Path()))
         else:
             raise UsageError(f"{flag} {entry}: no such file or folder")
@@ -81,16 +86,36 @@ def unique_stems(pairs: Sequence[tuple[Path, Path]]) -> list[str]:
 
 
 def image_items(entries: Sequence[Path | str], recursive: bool = False, limit: int | None = None,
-                flag: str = "--images") -> list[InputItem]:
-    """Items for ``--images`` files, folders and globs (sorted per entry; at most ``limit``)."""
-    from xaiclip_cli.explain.api import load_image
-
+                flag: str = "--images", intensity: Any = None) -> list[InputItem]:
+    """Items for ``--images`` files, folders and globs (sorted per entry; at most ``limit``). Each load decodes
+    through the one shared decoder and records its intensity mapping in the item's source (the sidecar block)."""
     pairs = expand_images(entries, recursive, flag)
     if limit:
         pairs = pairs[:limit]
     stems = unique_stems(pairs)
-    return [InputItem(lambda p=p: load_image(p), sub, stem, {"path": str(p)})
-            for (p, sub), stem in zip(pairs, stems, strict=True)]
+    items = []
+    for (p, sub), stem in zip(pairs, stems, strict=True):
+        info: dict[str, Any] = {"path": str(p)}
+        items.append(InputItem(_file_loader(p, intensity, info), sub, stem, info))
+    return items
+
+
+def _file_loader(path: Path, intensity: Any, info: dict[str, Any]) -> Callable[[], Any]:
+    def load() -> Any:
+        from xaiclip_cli.data.imageio import read_image
+
+        image, info["intensity"] = read_image(path, intensity)  # recorded in the sidecar's `image` block
+        return image
+    return load
+
+
+def _sample_loader(source: Any, split: str, i: int, info: dict[str, Any]) -> Callable[[], Any]:
+    def load() -> Any:
+        sample = source.get(split, i)
+        if getattr(sample, "intensity", None) is not None:  # how a file's values became uint8
+            info["intensity"] = sample.intensity
+        return sample.image
+    return load
 
 
 def source_files(source: Any, split: str) -> tuple[list[Path], Path | None] | None:
@@ -116,8 +141,8 @@ def dataset_items(source: Any, ref: str, split: str, limit: int | None = None) -
     items: list[InputItem] = []
     if files is None:
         for i in range(count):
-            items.append(InputItem(lambda i=i: source.get(split, i).image, Path(split), f"{split}_{i:05d}",
-                                   {"dataset": ref, "split": split, "index": i}))
+            info: dict[str, Any] = {"dataset": ref, "split": split, "index": i}
+            items.append(InputItem(_sample_loader(source, split, i, info), Path(split), f"{split}_{i:05d}", info))
         return items
     paths, root = files
     pairs = []
@@ -129,6 +154,6 @@ def dataset_items(source: Any, ref: str, split: str, limit: int | None = None) -
         pairs.append((p, Path(split) / rel))
     stems = unique_stems(pairs)
     for i, ((p, sub), stem) in enumerate(zip(pairs, stems, strict=True)):
-        items.append(InputItem(lambda i=i: source.get(split, i).image, sub, stem,
-                               {"path": str(p), "dataset": ref, "split": split, "index": i}))
+        info = {"path": str(p), "dataset": ref, "split": split, "index": i}
+        items.append(InputItem(_sample_loader(source, split, i, info), sub, stem, info))
     return items

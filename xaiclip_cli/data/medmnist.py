@@ -54,6 +54,9 @@ def flag_info(flag: str) -> dict[str, Any]:
     """The INFO entry of one 2D flag; unknown flags raise a UsageError listing the known ones."""
     flag = flag.lower()
     if flag not in flags_2d():
+        if flag.endswith("3d") and flag in medmnist_info():
+            raise UsageError(f"MedMNIST flag {flag!r} is a 3-D volume dataset; xaiclip reads 2-D images only "
+                             f"(2D flags: {', '.join(flags_2d())})")
         raise UsageError(f"unknown MedMNIST flag {flag!r}; known 2D flags: {', '.join(flags_2d())}")
     return medmnist_info()[flag]
 

@@ -103,6 +103,9 @@ class NpzSource(DataSource):
             (ishape, idt), (lshape, ldt) = headers[f"{s}_images"], headers[f"{s}_labels"]
             if idt != np.uint8:
                 raise UsageError(f"{p}: {s}_images has dtype {idt}, expected uint8")
+            if len(ishape) == 5 or (len(ishape) == 4 and ishape[1] == ishape[2] == ishape[3] > 4):  # (N,D,H,W) cubes
+                raise UsageError(f"{p}: {s}_images has shape {ishape}: 3-D volumes (MedMNIST 3D) are not supported; "
+                                 "xaiclip reads 2-D images (N,S,S) or (N,S,S,3)")
             if len(ishape) not in (3, 4) or ishape[1] != ishape[2] or (len(ishape) == 4 and ishape[3] not in (1, 3)):
                 raise UsageError(f"{p}: {s}_images has shape {ishape}, expected (N,S,S) or (N,S,S,3)")
             c = 1 if len(ishape) == 3 else ishape[3]

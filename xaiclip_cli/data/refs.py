@@ -49,14 +49,22 @@ def _medmnist(ref: str, arg: str, size: int | None, data_root: str | Path | None
 
 
 def open_source(
-    ref: str, size: int | None = None, data_root: str | Path | None = None, download: bool = False
+    ref: str, size: int | None = None, data_root: str | Path | None = None, download: bool = False,
+    intensity: str | None = None,
 ) -> DataSource:
-    """A DataSource for a reference string (forms in the module docstring); bad references raise a UsageError."""
+    """A DataSource for a reference string (forms in the module docstring); bad references raise a UsageError.
+
+    ``intensity`` (``--intensity``, see data.formats) maps image files of folder and csv sources to uint8;
+    npz-backed sources (toycells, medmnist, npz) already hold uint8 and refuse anything but ``auto``.
+    """
     ref = str(ref).strip()
     kind, sep, arg = ref.partition(":")
     kind = kind.lower()
     if len(kind) == 1 and sep and arg.startswith(("\\", "/")):  # a Windows drive letter, not a kind
         kind, arg = "", ref
+    if intensity not in (None, "auto") and kind in ("toycells", "medmnist", "npz"):
+        raise UsageError(f"--intensity {intensity} applies to image files (folder:, csv:); {ref} holds uint8 "
+                         "arrays already")
     if kind == "toycells":
         from xaiclip_cli.data.toycells import ToyCellsSource
 
@@ -79,9 +87,9 @@ def open_source(
     if kind == "folder":
         from xaiclip_cli.data.folder import FolderSource
 
-        return FolderSource(arg)
+        return FolderSource(arg, intensity=intensity)
     if kind == "csv":
         from xaiclip_cli.data.csv_manifest import CsvSource
 
-        return CsvSource(arg)
+        return CsvSource(arg, intensity=intensity)
     raise _bad(ref, f"unknown kind {kind!r}")

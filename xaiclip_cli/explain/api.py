@@ -81,20 +81,11 @@ class CamResult:
         }
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 HWC (grey stays HxWx1, palette/RGBA become RGB)."""
-    from PIL import Image
+def load_image(path: str | Path, intensity: str | None = None) -> np.ndarray:
+    """Read an image file as uint8 HWC (grey stays HxWx1) through the one decoder of every group (data.imageio)."""
+    from xaiclip_cli.data.imageio import read_image
 
-    p = Path(path)
-    try:
-        with Image.open(p) as im:
-            if im.mode in ("L", "I;16", "I", "F"):
-                arr = np.array(im.convert("L"))[:, :, None]
-            else:
-                arr = np.array(im.convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read image {p}: {exc}") from exc
-    return np.ascontiguousarray(arr)
+    return read_image(path, intensity)[0]
 
 
 def _as_uint8(img: Any) -> np.ndarray:

@@ -82,7 +82,7 @@ def dataset_source(s: CamSettings) -> Any:
         from xaiclip_cli.data.refs import open_source
     except ImportError as exc:
         raise XaiclipError("--dataset needs xaiclip_cli.data.refs, which is not installed") from exc
-    return open_source(s.dataset)
+    return open_source(s.dataset, intensity=s.intensity)
 
 
 def cam_texts(s: CamSettings, required: bool = True, source: Any = None) -> Any:
@@ -126,7 +126,7 @@ def cam_items(s: CamSettings, source: Any = None) -> list[InputItem]:
         return dataset_items(source if source is not None else dataset_source(s), s.dataset, s.split, s.limit)
     if not s.images:
         raise UsageError("no images: give --images PATH (files, folders or globs) or --dataset REF")
-    return image_items(s.images, s.recursive, s.limit)
+    return image_items(s.images, s.recursive, s.limit, intensity=s.intensity)
 
 
 def _done(out_dir: Path, names: list[str] | None, stem: str, method: str) -> bool:

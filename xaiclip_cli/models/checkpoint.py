@@ -130,14 +130,16 @@ def resolve_export_dir(path: str | Path) -> Path:
 
 
 def read_meta(directory: Path) -> dict[str, Any]:
-    """Read and check ``xaiclip_clip.json``; one-line UsageError for a missing or invalid file."""
+    """Read and check ``xaiclip_clip.json``: a missing or foreign file is a UsageError, a damaged one (not JSON)
+    an XaiclipError (exit 1) naming the file."""
     f = directory / SPEC_FILE
     if not f.is_file():
         raise UsageError(f"checkpoint {directory}: missing {SPEC_FILE} (not an 'xaiclip train clip' export)")
     try:
         meta = json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"checkpoint {f}: invalid JSON ({exc.__class__.__name__}); re-export the model") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:  # a damaged file: runtime failure (exit 1)
+        raise XaiclipError(f"checkpoint {f}: invalid JSON ({exc.__class__.__name__}); the file is damaged, "
+                           "re-export the model") from exc
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise UsageError(f"checkpoint {f}: not an {EXPORT_FORMAT} file (missing 'format': '{EXPORT_FORMAT}')")
     if int(meta.get("version", 0)) > EXPORT_VERSION:

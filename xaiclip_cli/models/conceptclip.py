@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -176,11 +177,30 @@ def _is_meta_failure(exc: BaseException) -> bool:
     return "meta" in text and ("tensor" in text or "device" in text)
 
 
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def check_remote_code(ref: hub.ModelRef, trust_remote_code: bool) -> None:
+    """Refuse to run a repository's Python code unless it is the pinned default, or the user trusts it and it is
+    pinned: a 40-hex commit for a hub id (a branch or tag can change the code it runs) or a local folder."""
+    if ref.local_dir is None and ref.model_id == DEFAULT_MODEL and ref.revision == DEFAULT_REVISION:
+        return
+    where = str(ref.local_dir) if ref.local_dir is not None else f"{ref.model_id}@{ref.revision or 'latest'}"
+    if not trust_remote_code:
+        raise UsageError(f"--model {where} runs that repository's own Python code; pass --trust-remote-code to "
+                         f"allow it (only the pinned {DEFAULT_MODEL}@{DEFAULT_REVISION[:12]} runs without it)")
+    if ref.local_dir is None and not _COMMIT.match(str(ref.revision or "")):
+        raise UsageError(f"--trust-remote-code with hub id {ref.model_id!r} needs --revision <40-hex commit> (got "
+                         f"{ref.revision or 'none'}): a branch or tag can change the code that runs; or pass a "
+                         "local folder")
+
+
 def load_conceptclip(model: str | None = None, revision: str | None = None, device: str = "auto", *,
                      amp: bool | None = None, context_length: int = 77, padding: Padding = "longest",
-                     **kwargs: Any) -> ConceptCLIPBackend:
-    """Load ConceptCLIP (hub id, pinned revision by default, or a local directory) with explicit trust_remote_code."""
+                     trust_remote_code: bool = False, **kwargs: Any) -> ConceptCLIPBackend:
+    """Load ConceptCLIP: the pinned default, or (with ``trust_remote_code``) a pinned hub commit or a local folder."""
     ref = hub.resolve_model_ref(model or DEFAULT_MODEL, revision, default_revisions=DEFAULT_REVISIONS)
+    check_remote_code(ref, trust_remote_code)
     from transformers import AutoModel, AutoProcessor
 
     tok = hub.hf_token()

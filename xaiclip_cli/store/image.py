@@ -25,7 +25,7 @@ import numpy as np
 from xaiclip_cli.errors import UsageError, XaiclipError
 from xaiclip_cli.store import layout as L
 from xaiclip_cli.store.index import check_model, check_plan, prepare_root, remove_store, safe_refresh_index
-from xaiclip_cli.store.provenance import StoreIdentity, identity_from_backend
+from xaiclip_cli.store.provenance import StoreIdentity, identity_from_backend, intensity_provenance
 from xaiclip_cli.store.results import StoreImageResult
 from xaiclip_cli.store.writer import (
     Batch,
@@ -369,6 +369,9 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
     if plan.n_rows == 0:
         raise UsageError(f"dataset {opts.dataset_ref or ''} has no images".replace("  ", " "))
     identity = probe_backend(backend, opts.tokens, opts.cls_dtype)
+    intensity = intensity_provenance(source)
+    if intensity is not None:  # the store records how its image files were mapped to uint8
+        identity.provenance["intensity"] = intensity
     src = source_attrs(source, opts.dataset_ref)
     if opts.overwrite and opts.manage_index:
         remove_store(opts.h5)

@@ -30,7 +30,8 @@ def open_dataset(s: Any) -> Any:
     """The DataSource named by --dataset (data/refs.py), capped by --limit."""
     from xaiclip_cli.data.refs import open_source
 
-    source = open_source(s.dataset, size=s.size, data_root=s.data_root, download=s.download)
+    source = open_source(s.dataset, size=s.size, data_root=s.data_root, download=s.download,
+                         intensity=getattr(s, "intensity", None))
     if getattr(s, "limit", None):
         from xaiclip_cli.store.subset import HeadSource
 
@@ -58,7 +59,8 @@ def load_model(s: Any, device: str) -> Any:
     """The backend named by --backend/--model/--revision on ``device``."""
     from xaiclip_cli.models.registry import load_backend
 
-    return load_backend(s.backend, s.model, revision=s.revision, device=device)
+    return load_backend(s.backend, s.model, revision=s.revision, device=device,
+                        trust_remote_code=bool(getattr(s, "trust_remote_code", False)))
 
 
 def image_options(s: Any, rank: RankInfo, manage_index: bool) -> ImageOptions:

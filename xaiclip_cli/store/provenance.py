@@ -118,3 +118,21 @@ def identity_from_backend(backend: Any, *, cls_dtype: str = "float32", has_token
         scalars=dict(backend.scalars()),
         provenance=prov,
     )
+
+
+def intensity_provenance(source: Any) -> dict[str, Any] | None:
+    """How the source's image files became uint8 (``--intensity``): the request, and the mapping applied to the
+    first image (kind, parameters, source dtype, stored min/max); None for sources that hold uint8 arrays."""
+    info = source.info()
+    extra = info.extra if isinstance(info.extra, dict) else {}
+    if "intensity" not in extra:
+        return None
+    record: dict[str, Any] = {"requested": extra["intensity"], "rule": "data.formats (auto: 8-bit files unchanged, "
+                              "deeper files per-image min-max, DICOM its own VOI window)"}
+    sizes = source.split_sizes()
+    first = next((s for s in sizes if sizes[s]), None)
+    if first is not None:
+        sample = source.get(first, 0)
+        if sample.intensity is not None:
+            record["first_image"] = {"path": sample.path, **sample.intensity}
+    return record

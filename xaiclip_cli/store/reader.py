@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +105,10 @@ def parse_idx(text: str | None) -> list[int] | slice | None:
             if vals[2] == 0:
                 raise UsageError("--idx slice step must not be 0")
             return slice(*vals)
-        return [int(p) for p in t.replace(" ", ",").split(",") if p.strip()]
+        pieces = re.split(r"\s*,\s*|\s+", t)  # '3,1,2', '3, 1, 2' or '3 1 2'
+        if any(not p for p in pieces):  # '1,,2' or '1,': a lost position, not a shorter list
+            raise UsageError(f"--idx {t!r} has an empty position; give positions like '3,1,2'")
+        return [int(p) for p in pieces]
     except ValueError as exc:
         raise UsageError(f"--idx must be positions like '3,1,2' or a slice like '0:10:2', got {t!r}") from exc
 

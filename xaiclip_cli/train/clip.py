@@ -117,6 +117,16 @@ def model_spec(settings: Any, tokenizer: Any) -> dict[str, Any]:
     return spec
 
 
+def _load_state(path: Path) -> dict[str, Any]:
+    """A training checkpoint (tensors and plain Python only); a damaged file is one line naming it (exit 1)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling refusals and truncated zips alike
+        reason = " ".join(str(exc).split())[:120]
+        raise XaiclipError(f"checkpoint {path}: cannot be read ({type(exc).__name__}: {reason}); the file is "
+                           "damaged: delete it (and --resume) to start over") from None
+
+
 # --- evaluation -----------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def encode_split_images(model: ClipModel, images: torch.Tensor, settings: Any, device: torch.device,
@@ -361,7 +371,7 @@ def train_clip(
         tokenizer.save_pretrained(str(tok_dir))
     _atomic_text(run_dir / "config.yaml", _settings_yaml(settings))
 
-    state = torch.load(last_path, map_location="cpu", weights_only=True) if resume else None
+    state = _load_state(last_path) if resume else None
     torch.manual_seed(seed)
     spec = json.loads(state["spec"]) if state is not None else model_spec(settings, tokenizer)
     model = ClipModel.from_spec(spec)
@@ -489,8 +499,14 @@ def train_clip(
         return result
 
     # Evaluate and export the best checkpoint (not the live weights of the last epoch).
-    best_state = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(best_state["model"])
+    if (ckpt_dir / "best.pt").is_file() or best_epoch > 0:
+        best_state = _load_state(ckpt_dir / "best.pt")
+        model.load_state_dict(best_state["model"])
+    else:  # the metric was NaN every epoch (a val split lacking classes): no best, the last epoch is exported
+        log.warning("%s was never finite (a val split too small to hold every class?); exporting the last epoch",
+                    select)
+        best_epoch = len(rows)
+        result["best_epoch"] = best_epoch
     model.eval()
     val_best = evaluate(model, tokenizer, data, eval_split, settings, device)
     test = evaluate(model, tokenizer, data, "test", settings, device) if "test" in data.splits else {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import inspect
 import io
 from dataclasses import dataclass, field
@@ -75,9 +76,11 @@ def read_prompt_set(path: str | Path) -> PromptSet:
     """Read labels / templates / captions / concepts from a prompt-set YAML (unknown keys are ignored)."""
     import yaml
 
-    p = Path(path)
+    from xaiclip_cli.resources import config_path
+
+    p = config_path(path)  # a file, or a shipped prompt set by name from any folder (toycells, bloodmnist)
     if not p.is_file():
-        raise UsageError(f"prompt set {p} not found (--prompts)")
+        raise UsageError(f"prompt set {path} not found (--prompts)")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -198,6 +201,19 @@ def open_labelled_source(data: str, data_root: Path | None = None) -> DataSource
     raise UsageError(f"unknown data {data!r} (use toycells, medmnist:<flag>, or --pairs CSV)")
 
 
+def data_digest(splits: dict[str, ClipSplit]) -> str:
+    """SHA-256 of the pixels and labels actually trained and evaluated on (split order, after subsetting and
+    resizing): unlike the file MD5 it ignores arrays training never reads (masks) and changes with a subset."""
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        sp = splits[name]
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(sp.images.detach().cpu().numpy()).tobytes())
+        if sp.labels is not None:
+            h.update(np.ascontiguousarray(sp.labels.detach().cpu().numpy().astype(np.int64)).tobytes())
+    return h.hexdigest()
+
+
 def labelled_data(
     source: DataSource,
     *,
@@ -233,7 +249,7 @@ def labelled_data(
     prompts = [[format_prompt(t, name) for t in tmpls] + list(ps.captions.get(name, [])) for name in names]
     info = source.info()
     return ClipData(splits, class_names=names, templates=tmpls, class_prompts=prompts, extra_texts=list(ps.concepts),
-                    info={"kind": info.kind, "ref": info.ref, "md5": info.md5,
+                    info={"kind": info.kind, "ref": info.ref, "md5": info.md5, "data_sha256": data_digest(splits),
                           # The name only: an export must not carry the training machine's folders.
                           "file": Path(info.file).name if info.file else None})
 
