@@ -91,8 +91,8 @@ def run(s: CamSettings, ctx: RunContext) -> CamRunResult:
 
 
 @settings_command(app, CamSettings, name="layers",
-                  fields=[*_MODEL_FIELDS, "text", "texts_file", "target", "images", "dataset", "intensity", "split", "score",
-                          "target_layer"])
+                  fields=[*_MODEL_FIELDS, "text", "texts_file", "target", "images", "dataset", "intensity", "split",
+                          "score", "target_layer"])
 def layers(s: CamSettings, ctx: RunContext) -> CamLayersResult:
     """List the image tower's spatial layers (shape, layout, prefix, grid, gradient norm) and mark the auto choice.
 
