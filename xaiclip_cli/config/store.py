@@ -38,6 +38,10 @@ class StoreSettings(ModelSelection, ComputeSettings):
         "sharded", description="sharded: index file + immutable parts (crash-safe); single: one self-contained file."
     )
     part_rows: int = Field(1024, ge=1, description="Rows per part file in the sharded layout.")
+    keep_parts: bool = Field(
+        False, description="sharded: keep the index linked to its parts folder at the end instead of materialising "
+        "one self-contained file (torchrun/SLURM ranks always keep them until store merge).",
+    )
     tokens: bool = Field(True, description="Store token features (image_token_features, text_token_features).")
     cls_dtype: Literal["float32", "float16"] = Field(
         "float32", description="dtype of image_features (float16 for seed parity)."

@@ -24,9 +24,18 @@ import numpy as np
 
 from xaiclip_cli.errors import UsageError, XaiclipError
 from xaiclip_cli.store import layout as L
-from xaiclip_cli.store.index import check_model, check_plan, prepare_root, remove_store, safe_refresh_index
+from xaiclip_cli.store.index import (
+    check_model,
+    check_plan,
+    prepare_root,
+    remove_part_files,
+    remove_store,
+    safe_refresh_index,
+)
+from xaiclip_cli.store.merge import materialize
 from xaiclip_cli.store.provenance import StoreIdentity, identity_from_backend
 from xaiclip_cli.store.results import StoreImageResult
+from xaiclip_cli.store.target import check_rank_target
 from xaiclip_cli.store.writer import (
     Batch,
     RowWriter,
@@ -66,6 +75,9 @@ class ImageOptions:
     queue_size: int = 3
     commit_rows: int = 256  # commit (flush + written mask) at least every this many rows ...
     commit_seconds: float = 1.0  # ... or this often, and at the end of every row file
+    # A finished single-process sharded run ends as one self-contained file (the parts are crash safety while
+    # writing; a copied .h5 alone then works everywhere). False keeps the linked index and its parts folder.
+    materialize: bool = True
 
 
 @dataclass
@@ -349,6 +361,17 @@ class _Prefetcher:
             self.thread.join(timeout=0.05)
 
 
+def is_single_store(h5: Path) -> bool:
+    """True when ``h5`` is an xaiclip store with real (not virtual) image features: one self-contained file."""
+    if not h5.is_file():
+        return False
+    f = try_open(h5)
+    if f is None:
+        return False
+    with f:
+        return L.SCHEMA_ATTR in f.attrs and L.IMAGE_FEATURES in f and not f[L.IMAGE_FEATURES].is_virtual
+
+
 def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Advance | None = None,
                     progress: ProgressFactory | None = None) -> StoreImageResult:
     """Encode every unwritten row of ``source`` into the store at ``opts.h5``; resumable and idempotent.
@@ -372,11 +395,16 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
     src = source_attrs(source, opts.dataset_ref)
     if opts.overwrite and opts.manage_index:
         remove_store(opts.h5)
+    if opts.layout == "sharded" and opts.materialize and opts.manage_index and is_single_store(opts.h5):
+        # A store this command already materialised (or one written with --layout single): one file, resumed as such.
+        log.info("%s is a single self-contained file; continuing it with --layout single", opts.h5)
+        opts.layout = "single"
     opts.h5.parent.mkdir(parents=True, exist_ok=True)
     created = False
     if opts.manage_index:
         created = prepare_root(opts.h5, plan, identity, opts.layout, src)
-    elif opts.h5.exists():
+    elif opts.h5.exists() or opts.h5.is_symlink():
+        check_rank_target(opts.h5)
         f = try_open(opts.h5)
         if f is not None:
             with f:
@@ -508,6 +536,7 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
                     pass
                 rf.handle = rf.writer = None
 
+    result_layout = opts.layout
     if opts.manage_index:
         if opts.layout == "sharded":
             if index_stale:  # some part could not enter the index while a reader held it: wait for it now
@@ -519,16 +548,25 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
         with open_h5(opts.h5, "r") as f:
             n_done = int(f.attrs["n_written"])
         complete = n_done == plan.n_rows
+        if complete and opts.layout == "sharded" and opts.materialize and opts.world == 1:
+            t_m = time.perf_counter()
+            materialize(opts.h5, opts.h5)
+            result_layout = "single"
+            log.info("materialised %s into one self-contained file in %.1f s", opts.h5, time.perf_counter() - t_m)
+        elif complete and opts.layout == "single" and L.parts_dir(opts.h5).is_dir():
+            remove_part_files(opts.h5)  # left by a run killed between materialising and deleting the parts
     else:
         n_done = done_before + written_now
         complete = n_done == mine
-    parts_complete = sum(1 for k in range(plan.n_parts) if L.part_path(opts.h5, k).exists()) \
-        if opts.layout == "sharded" else (1 if complete else 0)
+    if result_layout == "single":
+        parts_complete = 1 if complete else 0
+    else:
+        parts_complete = sum(1 for k in range(plan.n_parts) if L.part_path(opts.h5, k).exists())
     secs = time.perf_counter() - t0
     return StoreImageResult(
-        h5=str(opts.h5), layout=opts.layout, rows_total=plan.n_rows, rows_written=written_now,
+        h5=str(opts.h5), layout=result_layout, rows_total=plan.n_rows, rows_written=written_now,
         rows_skipped=done_before, rows_done=n_done, complete=complete, seconds=round(secs, 3),
         images_per_s=round(written_now / secs, 2) if secs > 0 else 0.0,
-        parts_total=plan.n_parts if opts.layout == "sharded" else 1, parts_complete=parts_complete,
+        parts_total=plan.n_parts if result_layout == "sharded" else 1, parts_complete=parts_complete,
         rank=opts.rank, world=opts.world,
     )
