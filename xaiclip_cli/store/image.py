@@ -32,7 +32,7 @@ from xaiclip_cli.store.index import (
     remove_store,
     safe_refresh_index,
 )
-from xaiclip_cli.store.merge import materialize
+from xaiclip_cli.store.merge import materialize, relink_if_renamed
 from xaiclip_cli.store.provenance import StoreIdentity, identity_from_backend
 from xaiclip_cli.store.results import StoreImageResult
 from xaiclip_cli.store.target import check_rank_target
@@ -412,6 +412,8 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
                 if L.WRITTEN in f:
                     check_plan(f, opts.h5, plan, opts.layout, src)
 
+    if opts.layout == "sharded" and opts.manage_index and not created:
+        relink_if_renamed(opts.h5)  # renamed together with its parts folder: the index follows the folder
     if opts.layout == "sharded":
         # Parts finished by an earlier run enter the index now (nothing to do for a new index and no parts).
         if opts.manage_index and (not created or any(L.part_path(opts.h5, k).exists() for k in range(plan.n_parts))):

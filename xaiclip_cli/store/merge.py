@@ -16,6 +16,7 @@ from xaiclip_cli.errors import PartialFailure, UsageError
 from xaiclip_cli.store import layout as L
 from xaiclip_cli.store import target as T
 from xaiclip_cli.store.index import ensure_skeleton, read_meta, refresh_index, remove_part_files, write_meta
+from xaiclip_cli.store.relink import linked_folder, relink, stale_parts_dir
 from xaiclip_cli.store.results import PartRow, StoreMergeResult
 from xaiclip_cli.store.target import claim_target, inspect_target
 from xaiclip_cli.store.writer import (
@@ -198,6 +199,7 @@ def merge_store(h5: str | Path, materialize_to: str | Path | None = None, overwr
             fp = L.decode_str(f.attrs.get("fingerprint", "")) or None
     else:
         plan = L.Plan.from_json(plan_json)
+        relink_if_renamed(h5)
     # A finished part written by another model/settings is a user error, not a missing part.
     for k in range(plan.n_parts):
         p = L.part_path(h5, k)
@@ -231,6 +233,21 @@ def merge_store(h5: str | Path, materialize_to: str | Path | None = None, overwr
         raise PartialFailure(f"merged {n_complete} of {plan.n_parts} parts of {h5}; not finished: "
                              f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; rerun store image to finish")
     return result
+
+
+def relink_if_renamed(h5: Path) -> None:
+    """Point the index's VDS at ``<stem>.parts`` after a rename of index + folder; refuse a half rename."""
+    with open_h5(h5, "r") as f:
+        pdir = stale_parts_dir(h5, f)
+        folder = linked_folder(f)
+    if pdir is not None:
+        with open_h5(h5, "r+") as f:
+            n = relink(f, pdir.name)
+            f.flush()
+        log.warning("%s was renamed: relinked its %d part sources from %s/ to %s/", h5, n, folder, pdir.name)
+    elif folder and folder != L.parts_dir(h5).name and not L.parts_dir(h5).exists():
+        raise UsageError(f"{h5} links its parts in {folder}/, but merge looks for {L.parts_dir(h5).name}/: rename "
+                         f"the folder to {L.parts_dir(h5).name} (a store is renamed together with its parts folder)")
 
 
 def _add_rows_from_part(h5: Path, part: Path) -> None:
