@@ -101,6 +101,25 @@ class RowFile:
         return self.row_stop - self.row_start
 
 
+def dataset_hashes(info: Any) -> dict[str, str]:
+    """``dataset_md5``: the MD5 of the input file itself (what resume compares: a swapped file is refused);
+    ``dataset_md5_official``: the MD5 MedMNIST publishes for that flag and size, beside it (equal for a pristine file).
+    """
+    file = Path(info.file) if info.file else None
+    stated = str(info.md5 or "")
+    if file is None or not file.is_file():
+        return {"dataset_md5": stated}  # a folder or a manifest: no single file to hash
+    from xaiclip_cli.data.npz import file_md5
+
+    out = {"dataset_md5": file_md5(file)}
+    if info.kind == "medmnist" and stated:
+        out["dataset_md5_official"] = stated
+        if stated != out["dataset_md5"]:
+            log.warning("%s has MD5 %s, MedMNIST publishes %s for it: not the official file", file,
+                        out["dataset_md5"], stated)
+    return out
+
+
 def source_attrs(source: Any, ref: str | None) -> dict[str, Any]:
     """Root attrs describing the input: `dataset` (JSON name), file, MD5, source image size."""
     info = source.info()
@@ -112,7 +131,7 @@ def source_attrs(source: Any, ref: str | None) -> dict[str, Any]:
         "dataset": L.json_attr(str(name)),
         "dataset_ref": str(ref or info.ref or ""),
         "dataset_file": str(info.file or ""),
-        "dataset_md5": str(info.md5 or ""),
+        **dataset_hashes(info),
         "source_image_size": int(info.image_size or -1),
         "class_names": L.json_attr(list(info.class_names or [])),
         "dataset_limit": info.extra.get("limit") if isinstance(info.extra, dict) else None,  # --limit, if any

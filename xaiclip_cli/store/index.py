@@ -128,6 +128,8 @@ def check_plan(f: h5py.File, path: Path, plan: L.Plan, layout: str, source_attrs
             raise UsageError(f"{path} was planned with --part-rows {old_plan.part_rows}; pass that or --overwrite")
     md5_old = L.decode_str(f.attrs.get("dataset_md5", ""))
     md5_new = str(source_attrs.get("dataset_md5") or "")
+    if md5_old and "dataset_md5_official" not in f.attrs and md5_old == source_attrs.get("dataset_md5_official"):
+        md5_old = ""  # a store from before the file's own hash was recorded held the official MD5 there: unknown
     if md5_old and md5_new and md5_old != md5_new:
         raise UsageError(f"{path} was written from a dataset file with MD5 {md5_old}, the input has {md5_new}; "
                          "pass --overwrite or another --h5")
