@@ -412,6 +412,8 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
         raise UsageError(f"dataset {opts.dataset_ref or ''} has no images".replace("  ", " "))
     identity = probe_backend(backend, opts.tokens, opts.cls_dtype)
     src = source_attrs(source, opts.dataset_ref)
+    prov = identity.provenance if isinstance(identity.provenance, dict) else {}
+    src["preprocess_path"] = str(prov.get("preprocess_path") or getattr(backend, "preprocess_path", "") or "")
     if opts.overwrite and opts.manage_index:
         remove_store(opts.h5)
     if opts.layout == "sharded" and opts.materialize and opts.manage_index and is_single_store(opts.h5):
