@@ -79,6 +79,9 @@ def _stages(source, backend, plan_rows, bs: int, tokens: bool) -> dict[str, floa
 
     n = sum(len(r) for r in plan_rows)
     t = {"load_hash": 0.0, "preprocess": 0.0, "forward": 0.0, "to_host": 0.0, "write": 0.0}
+    proc = getattr(backend, "image_processor", None)
+    if proc is not None:
+        t["preprocess_hf"] = 0.0  # the HF processor itself on the same batches, for comparison with `preprocess`
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         import h5py
 
@@ -92,6 +95,11 @@ def _stages(source, backend, plan_rows, bs: int, tokens: bool) -> dict[str, floa
             t1 = time.perf_counter()
             px = backend.preprocess(imgs)
             t2 = time.perf_counter()
+            if proc is not None:
+                ref = proc(images=imgs, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
+                t["preprocess_hf"] += time.perf_counter() - t2
+                t["max_abs_diff_vs_hf"] = max(t.get("max_abs_diff_vs_hf", 0.0), float((ref - px.cpu()).abs().max()))
+                t2 = time.perf_counter()
             g, tok = backend.encode_image(px.to(backend.device))
             t3 = time.perf_counter()
             toks = tok.to(torch.float16).cpu().numpy() if tok is not None and tokens else None
@@ -108,7 +116,10 @@ def _stages(source, backend, plan_rows, bs: int, tokens: bool) -> dict[str, floa
                             ("write", t4, t5)):
                 t[k] += b - a
         f.close()
-    return {f"{k}_img_s": round(n / v, 1) if v > 0 else None for k, v in t.items()}
+    diff = t.pop("max_abs_diff_vs_hf", None)
+    out = {f"{k}_img_s": round(n / v, 1) if v > 0 else None for k, v in t.items()}
+    out["preprocess_max_abs_diff_vs_hf"] = diff
+    return out
 
 
 def plan_rows_iter(source, plan_rows):  # noqa: ANN001, ANN201

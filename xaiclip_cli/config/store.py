@@ -35,7 +35,8 @@ class StoreSettings(ModelSelection, ComputeSettings):
     prompts: str = Field("toycells", description="Prompt set: toycells, bloodmnist or a YAML file.")
     # --- layout ---
     layout: Literal["sharded", "single"] = Field(
-        "sharded", description="sharded: index file + immutable parts (crash-safe); single: one self-contained file."
+        "sharded", description="sharded: immutable parts while writing (crash-safe), one self-contained file at the "
+        "end (see --keep-parts); single: one file written in place."
     )
     part_rows: int = Field(1024, ge=1, description="Rows per part file in the sharded layout.")
     keep_parts: bool = Field(

@@ -418,7 +418,7 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
         remove_store(opts.h5)
     if opts.layout == "sharded" and opts.materialize and opts.manage_index and is_single_store(opts.h5):
         # A store this command already materialised (or one written with --layout single): one file, resumed as such.
-        log.info("%s is a single self-contained file; continuing it with --layout single", opts.h5)
+        log.debug("%s is a single self-contained file; continuing it with --layout single", opts.h5)
         opts.layout = "single"
     opts.h5.parent.mkdir(parents=True, exist_ok=True)
     created = False
@@ -575,7 +575,7 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
             t_m = time.perf_counter()
             materialize(opts.h5, opts.h5)
             result_layout = "single"
-            log.info("materialised %s into one self-contained file in %.1f s", opts.h5, time.perf_counter() - t_m)
+            log.debug("materialised %s into one self-contained file in %.1f s", opts.h5, time.perf_counter() - t_m)
         elif complete and opts.layout == "single" and L.parts_dir(opts.h5).is_dir():
             remove_part_files(opts.h5)  # left by a run killed between materialising and deleting the parts
     else:

@@ -132,6 +132,9 @@ def claim_target(h5: str | Path, *, overwrite: bool = False, rebuild: bool = Tru
         log.warning("index %s %s; its parts folder %s holds this store's parts: moved it to %s and rebuilding the "
                     "index from the parts", p, _describe(t), L.parts_dir(p), dest.name)
         return t
+    if t.damaged_index:
+        raise UsageError(f"index {p} {_describe(t)}; its parts folder {L.parts_dir(p).name} holds the store: run "
+                         f"'xaiclip store merge --h5 {p}' to rebuild the index from them, then rerun")
     if t.kind == UNREADABLE and overwrite:
         dest = set_aside(p)
         log.warning("--overwrite: %s %s; moved it to %s (nothing deleted) and starting a new store", p,
