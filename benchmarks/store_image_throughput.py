@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -59,15 +60,93 @@ def _bare(backend, batches, tokens: bool) -> tuple[float, float]:  # noqa: ANN00
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def _full(source, backend, bs: int, tokens: bool) -> tuple[float, float]:  # noqa: ANN001
-    """(wall, process CPU) seconds for run_image_stage into a fresh store (plan, probe, index, parts included)."""
+def _full(source, backend, bs: int, tokens: bool, materialize: bool = True) -> tuple[float, float]:  # noqa: ANN001
+    """(wall, process CPU) seconds for run_image_stage into a fresh store (plan, probe, index, parts and the final
+    materialisation into one self-contained file included)."""
     with tempfile.TemporaryDirectory() as tmp:
-        opts = ImageOptions(h5=Path(tmp) / "bench.h5", batch_size=bs, tokens=tokens, space_check=False)
+        opts = ImageOptions(h5=Path(tmp) / "bench.h5", batch_size=bs, tokens=tokens, space_check=False,
+                            materialize=materialize)
         c0, t0 = time.process_time(), time.perf_counter()
         res = run_image_stage(source, backend, opts)
         secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert res.rows_written == sum(source.split_sizes().values())
     return secs, cpu
+
+
+def _stages(source, backend, plan_rows, bs: int, tokens: bool) -> dict[str, float]:  # noqa: ANN001
+    """img/s of each stage alone on this thread: load (+hash), preprocess, forward, device->host fp16, token write."""
+    from xaiclip_cli.store.writer import RowWriter, create_row_datasets
+
+    n = sum(len(r) for r in plan_rows)
+    t = {"load_hash": 0.0, "preprocess": 0.0, "forward": 0.0, "to_host": 0.0, "write": 0.0}
+    proc = getattr(backend, "image_processor", None)
+    if proc is not None:
+        t["preprocess_hf"] = 0.0  # the HF processor itself on the same batches, for comparison with `preprocess`
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        import h5py
+
+        f = h5py.File(Path(tmp) / "w.h5", "w")
+        dims = None
+        writer = None
+        for rows, imgs_src in plan_rows_iter(source, plan_rows):
+            t0 = time.perf_counter()
+            imgs = imgs_src()
+            [L.image_hash(im) for im in imgs]
+            t1 = time.perf_counter()
+            px = backend.preprocess(imgs)
+            t2 = time.perf_counter()
+            if proc is not None:
+                ref = proc(images=imgs, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
+                t["preprocess_hf"] += time.perf_counter() - t2
+                t["max_abs_diff_vs_hf"] = max(t.get("max_abs_diff_vs_hf", 0.0), float((ref - px.cpu()).abs().max()))
+                t2 = time.perf_counter()
+            g, tok = backend.encode_image(px.to(backend.device))
+            t3 = time.perf_counter()
+            toks = tok.to(torch.float16).cpu().numpy() if tok is not None and tokens else None
+            g.float().cpu()
+            t4 = time.perf_counter()
+            if toks is not None:
+                if writer is None:
+                    dims = toks.shape[1:]
+                    create_row_datasets(f, n, int(dims[1]), int(dims[0]), "float32", True)
+                    writer = RowWriter(f)
+                writer.write_tokens(int(rows[0]), toks)
+            t5 = time.perf_counter()
+            for k, a, b in (("load_hash", t0, t1), ("preprocess", t1, t2), ("forward", t2, t3), ("to_host", t3, t4),
+                            ("write", t4, t5)):
+                t[k] += b - a
+        f.close()
+    diff = t.pop("max_abs_diff_vs_hf", None)
+    out = {f"{k}_img_s": round(n / v, 1) if v > 0 else None for k, v in t.items()}
+    out["preprocess_max_abs_diff_vs_hf"] = diff
+    return out
+
+
+def plan_rows_iter(source, plan_rows):  # noqa: ANN001, ANN201
+    """(rows, loader) per batch: the loader reads the batch's images the way the store does (get_many per split)."""
+    for rows in plan_rows:
+        def load(rows=rows):  # noqa: ANN001, ANN202
+            return [source.get(L.CODE_SPLITS[int(c)], int(i)).image for c, i in zip(*_PLAN.row_source(rows),
+                                                                                    strict=True)]
+        yield rows, load
+
+
+_PLAN: L.Plan | None = None
+
+
+def _replica_backend(name: str, device: str):  # noqa: ANN202
+    """Build the ConceptCLIP replica at the real input/output shapes (384 px, 729 x 1152) and load it like a user."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.models.conceptclip_replica import REAL_SHAPES, build_replica
+    from xaiclip_cli.models.registry import load_backend
+
+    if name != "conceptclip":
+        raise SystemExit(f"--replica {name}: only conceptclip is known")
+    d = Path(tempfile.mkdtemp(prefix="cc_replica_shapes_"))
+    build_replica(d, sizes=REAL_SHAPES)
+    return load_backend("conceptclip", str(d), device=device), REAL_SHAPES
 
 
 def main() -> None:
@@ -82,6 +161,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-tokens", action="store_true")
+    ap.add_argument("--replica", default=None, help="conceptclip: the replica at ConceptCLIP's real shapes "
+                    "(384 px input, 729 tokens x 1152), built offline; overrides --backend/--model")
+    ap.add_argument("--keep-parts", action="store_true", help="time the store without the final materialisation")
     ap.add_argument("--passes", type=int, default=3,
                     help="read the dataset this many times per timed run (longer runs average out a noisy host)")
     args = ap.parse_args()
@@ -89,7 +171,12 @@ def main() -> None:
     from xaiclip_cli.data.refs import open_source
     from xaiclip_cli.models.registry import load_backend
 
-    backend = load_backend(args.backend, args.model, device=args.device)
+    replica_sizes = None
+    if args.replica:
+        backend, replica_sizes = _replica_backend(args.replica, args.device)
+        args.backend, args.model = "conceptclip", f"replica:{args.replica}-real-shapes"
+    else:
+        backend = load_backend(args.backend, args.model, device=args.device)
     source = open_source(args.dataset)
     if args.images:
         k = min(args.images, source.split_sizes()["train"])
@@ -101,10 +188,14 @@ def main() -> None:
     n, bs, tokens = sum(sizes.values()), args.batch_size, not args.no_tokens
     batches = []  # the store's batches: aligned within each part file (rows train -> val -> test)
     plan = L.Plan({s: int(sizes.get(s, 0)) for s in L.SPLITS}, L.DEFAULT_PART_ROWS)
-    for k in range(plan.n_parts):
-        lo, hi = plan.part_range(k)
+    global _PLAN
+    _PLAN = plan
+    plan_rows = []
+    for part in range(plan.n_parts):  # not `k`: the --images lambda above reads k
+        lo, hi = plan.part_range(part)
         for a in range(lo, hi, bs):
             rows = np.arange(a, min(a + bs, hi))
+            plan_rows.append(rows)
             codes, idx = plan.row_source(rows)
             imgs = [source.get(L.CODE_SPLITS[int(c)], int(i)).image for c, i in zip(codes, idx, strict=True)]
             batches.append(backend.preprocess(imgs))
@@ -115,9 +206,10 @@ def main() -> None:
         w, c = _bare(backend, batches, tokens)
         bare_s.append(w)
         bare_cpu.append(c)
-        w, c = _full(source, backend, bs, tokens)
+        w, c = _full(source, backend, bs, tokens, materialize=not args.keep_parts)
         full_s.append(w)
         full_cpu.append(c)
+    stages = _stages(source, backend, plan_rows, bs, tokens)
     bare, full = statistics.median(bare_s), statistics.median(full_s)
     # Each repeat times the two back to back, so the ratio within a pair sees the same machine load; the headline
     # ratio is the median of those paired ratios (on a shared machine the img/s themselves drift by ±30 %).
@@ -135,7 +227,17 @@ def main() -> None:
         # model; store wall ~= store CPU means no spare core (a loaded machine), so every side cost adds to the wall.
         "bare_cpu_s": round(statistics.median(bare_cpu), 3), "store_cpu_s": round(statistics.median(full_cpu), 3),
         "bare_wall_s": round(bare, 3), "store_wall_s": round(full, 3),
+        "materialized": not args.keep_parts, "replica_sizes": replica_sizes,
+        # Each stage alone on the calling thread (one pass): the pipeline keeps up when every non-forward stage
+        # is faster than the forward and a core is free for them.
+        "stages": stages, "preprocess_path": _prep_path(backend),
+        "load_avg": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
     }))
+
+
+def _prep_path(backend) -> str | None:  # noqa: ANN001
+    prov = backend.provenance() if hasattr(backend, "provenance") else {}
+    return prov.get("preprocess_path") if isinstance(prov, dict) else None
 
 
 if __name__ == "__main__":

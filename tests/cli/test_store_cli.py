@@ -30,11 +30,12 @@ def test_text_image_merge_json_and_config(tmp_path: Path, fake: None) -> None:
     h5 = str(tmp_path / "lib.h5")
     t = _ok(["store", "text", "--h5", h5, "--prompts", "mini"])
     assert t["written"] == 3 and Path(t["config"]).name == "lib.h5.text.config.yaml"
-    i = _ok(["store", "image", "--h5", h5, "--part-rows", "4", "--batch-size", "3"])
+    i = _ok(["store", "image", "--h5", h5, "--part-rows", "4", "--batch-size", "3", "--keep-parts"])
     assert (i["rows_written"], i["rows_total"], i["parts_total"], i["complete"]) == (10, 10, 3, True)
+    assert i["layout"] == "sharded"
     saved = (tmp_path / "lib.h5.image.config.yaml").read_text()
     assert "part_rows: 4" in saved and "store:" in saved
-    again = _ok(["store", "image", "--h5", h5, "--part-rows", "4"])
+    again = _ok(["store", "image", "--h5", h5, "--part-rows", "4", "--keep-parts"])
     assert again["rows_written"] == 0 and again["rows_skipped"] == 10
     m = _ok(["store", "merge", "--h5", h5])
     assert m["complete"] and m["split_counts"] == {"train": 5, "val": 2, "test": 3}
@@ -42,6 +43,10 @@ def test_text_image_merge_json_and_config(tmp_path: Path, fake: None) -> None:
         assert len(f["templates"]) == 3 and int(f.attrs["n_written"]) == 10
     v = _ok(["db", "verify", "--h5", h5, "--require-complete", "--full"])  # fake labels fit the prompt set
     assert v["ok"] and v["n_errors"] == 0
+    m = _ok(["store", "merge", "--h5", h5, "--materialize", h5])  # in place: one self-contained file
+    assert m["layout"] == "single" and not (tmp_path / "lib.parts").exists()
+    v = _ok(["db", "verify", "--h5", h5, "--require-complete", "--full"])
+    assert v["ok"] and any(i["level"] == "note" and "self-contained" in i["message"] for i in v["issues"])
 
 
 def test_store_options_have_no_unused_seed_or_output_dir() -> None:

@@ -57,8 +57,17 @@ def write_vocab(path: Path) -> Path:
     return path
 
 
-def build_replica(directory: str | Path, *, real_size: bool = False, seed: int = 0) -> Path:
-    """Write the replica (remote code, config, weights, processor, tokenizer) into ``directory``; return it."""
+# The real model's input and output shapes (384 px, 729 tokens, width 1152) around a small trunk: what the store's
+# pipeline sees (pixels in, [729, 1152] fp16 rows out) at a CPU-friendly forward cost, for store benchmarks.
+REAL_SHAPES = {**TINY, "embed_dim": 1152, "image_size": 384, "patch_size": 14, "vision_width": 64}
+
+
+def build_replica(directory: str | Path, *, real_size: bool = False, seed: int = 0,
+                  sizes: dict | None = None) -> Path:
+    """Write the replica (remote code, config, weights, processor, tokenizer) into ``directory``; return it.
+
+    ``sizes`` overrides the vision sizes (e.g. REAL_SHAPES); the text tower stays tiny unless ``real_size``.
+    """
     import torch
     from transformers import BertTokenizer, SiglipImageProcessor
 
@@ -71,7 +80,7 @@ def build_replica(directory: str | Path, *, real_size: bool = False, seed: int =
         "vocab_size": len(SPECIALS) + len(WORDS), "hidden_size": 16, "num_hidden_layers": 1,
         "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 77,
     }
-    sizes = REAL if real_size else TINY
+    sizes = dict(sizes) if sizes is not None else (REAL if real_size else TINY)
     torch.manual_seed(seed)
     config = config_cls(text_cfg=text_cfg, text_pad_id=0, **sizes)
     model = model_cls(config).eval()

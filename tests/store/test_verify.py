@@ -145,3 +145,43 @@ def test_unopenable_and_missing(tmp_path: Path) -> None:
     (tmp_path / "x.h5").write_bytes(b"garbage")
     rep = verify_store(tmp_path / "x.h5")
     assert checks(rep) == {1} and "not an HDF5 file" in rep.errors[0].message
+
+
+def _seed_image_only_store(path: Path, n: int = 6, d: int = 8, t: int = 4) -> Path:
+    """What the seed's feature_extraction.py leaves before its text stage: features, columns, 6 root attrs."""
+    rng = np.random.default_rng(3)
+    cls = rng.normal(size=(n, d)).astype(np.float32)
+    cls /= np.linalg.norm(cls, axis=1, keepdims=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image_features", data=cls.astype(np.float16))
+        f.create_dataset("image_token_features", data=rng.normal(size=(n, t, d)).astype(np.float16),
+                         chunks=(4, t, d), compression="lzf")
+        f["ids"] = np.arange(n, dtype=np.int64)
+        f["labels"] = rng.integers(0, 3, n).astype(np.int64)
+        f.create_dataset("split", data=np.array(["train"] * 4 + ["val", "test"], dtype=object),
+                         dtype=h5py.string_dtype("utf-8"))
+        f.create_group("templates")
+        f.attrs.update({"D": d, "T_img": t, "created_at": "2025-01-01 00:00:00", "version": "1.0",
+                        "split_counts": json.dumps({"train": 4, "val": 1, "test": 1}),
+                        "dataset": json.dumps("bloodmnist")})
+    return path
+
+
+def test_seed_store_without_text_stage_is_a_valid_image_store(tmp_path: Path) -> None:
+    rep = verify_store(_seed_image_only_store(tmp_path / "seed.h5"), require_complete=True, full=True)
+    assert rep.ok, [i.message for i in rep.errors]
+    notes = [i.message for i in rep.issues if i.level == "note"]
+    assert any(m.startswith("image-only store: no text stage yet") and "logit_scale" in m for m in notes), notes
+    assert rep.checked["storage"] == "self-contained"
+
+
+def test_text_attrs_are_still_required_once_templates_exist(tmp_path: Path) -> None:
+    h5 = _seed_image_only_store(tmp_path / "seed.h5")
+    with h5py.File(h5, "r+") as f:
+        g = f["templates"].create_group("label_prompts_t01")
+        g["text_features"] = np.eye(3, 8, dtype=np.float32)
+        g.create_dataset("texts", data=np.array(["a", "b", "c"], dtype=object), dtype=h5py.string_dtype("utf-8"))
+        g.attrs.update({"K": 3, "D": 8, "T_txt": -1, "texts_hash": "x", "created_at": "2025-01-01 00:00:00"})
+    rep = verify_store(h5)
+    missing = sorted(i.message for i in rep.errors if i.message.startswith("missing root attribute"))
+    assert len(missing) == 8 and "missing root attribute 'logit_scale'" in missing

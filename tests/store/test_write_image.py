@@ -31,11 +31,13 @@ def _run(h5: Path, **kw) -> object:
     return run_image_stage(source, backend, opts)
 
 
-@pytest.mark.parametrize("layout", ["sharded", "single"])
+@pytest.mark.parametrize("layout", ["sharded", "single", "kept-parts"])
 def test_values_match_oracle_and_seed_view(tmp_path: Path, layout: str) -> None:
     h5 = tmp_path / "s.h5"
-    res = _run(h5, layout=layout)
+    res = _run(h5, layout="single" if layout == "single" else "sharded", materialize=layout != "kept-parts")
     assert res.rows_written == 10 and res.complete and res.rows_done == 10
+    # A finished single-process run is one self-contained file whatever the layout it was written with.
+    assert res.layout == ("sharded" if layout == "kept-parts" else "single")
     with h5py.File(h5, "r") as f:  # the seed's plain open and access pattern (§1.1)
         for i in range(10):
             img = fake_image(SPLIT_OF_ROW[i], INDEX_OF_ROW[i])
@@ -50,8 +52,9 @@ def test_values_match_oracle_and_seed_view(tmp_path: Path, layout: str) -> None:
             assert int(f["source_index"][i]) == INDEX_OF_ROW[i]
             assert int(f["source_split"][i]) == L.SPLIT_CODES[SPLIT_OF_ROW[i]]
         assert f["image_token_features"].dtype == np.float16 and f["image_features"].dtype == np.float32
-        if layout == "single":
-            assert f["image_token_features"].chunks == (1, 4, 6)
+        if layout != "kept-parts":
+            assert f["image_token_features"].chunks == (1, 4, 6) and not f["image_features"].is_virtual
+            assert f.attrs["layout"] == "single" and not L.parts_dir(h5).exists()
         assert json.loads(f.attrs.get("split_counts", "{}")) == SIZES
         splits = [x.decode("utf-8") for x in f["split"][...]]
         val_rows = [i for i, s in enumerate(splits) if s == "val"]
@@ -64,11 +67,11 @@ def test_values_match_oracle_and_seed_view(tmp_path: Path, layout: str) -> None:
         assert json.loads(f.attrs["dataset"]) == "fake"
         assert int(f.attrs["n_written"]) == 10 and int(f.attrs["T_img"]) == 4 and int(f.attrs["D"]) == 6
         assert L.Plan.from_json(f["meta/plan"][()].decode()).split_sizes == SIZES
-        if layout == "sharded":
+        if layout == "kept-parts":
             assert f["image_features"].is_virtual and not f["ids"].is_virtual
             assert {s.file_name for s in f["image_features"].virtual_sources()} == {
                 f"s.parts/part-0000{k}.h5" for k in range(3)}
-    if layout == "sharded":
+    if layout == "kept-parts":
         assert sorted(p.name for p in (tmp_path / "s.parts").iterdir()) == [f"part-0000{k}.h5" for k in range(3)]
         with h5py.File(tmp_path / "s.parts/part-00001.h5", "r") as p:
             assert (int(p.attrs["row_start"]), int(p.attrs["row_stop"])) == (4, 8)
@@ -139,7 +142,7 @@ def test_disk_full_leaves_a_valid_resumable_store(tmp_path: Path, monkeypatch: p
 
 def test_other_model_or_dtype_is_refused_unless_overwrite(tmp_path: Path) -> None:
     h5 = tmp_path / "s.h5"
-    _run(h5)
+    _run(h5, materialize=False)  # a linked store keeps its part size
     with pytest.raises(UsageError, match="pass --overwrite") as ei:
         _run(h5, backend=FakeBackend(revision="r2"))
     assert ei.value.exit_code == 2

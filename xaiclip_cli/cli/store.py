@@ -45,14 +45,16 @@ def text(s: StoreSettings, ctx: RunContext) -> BaseModel | None:
 
 
 @settings_command(app, StoreSettings, name="image", fields=[
-    "h5", *_MODEL, "dataset", "intensity", "size", "data_root", "download", "limit", "layout", "part_rows", "tokens",
-    "cls_dtype", "batch_size", "overwrite", "space_check", "check_source", "gpus", *_RUNTIME,
+    "h5", *_MODEL, "dataset", "intensity", "size", "data_root", "download", "limit", "layout", "part_rows",
+    "keep_parts", "tokens", "cls_dtype", "batch_size", "overwrite", "space_check", "check_source", "gpus", *_RUNTIME,
 ])
 def image(s: StoreSettings, ctx: RunContext) -> BaseModel | None:
     """Encode every image of a dataset into the store: CLS features, token features and row columns.
 
     Resumable: a killed run restarted with the same command writes only the missing rows; a complete store is a
-    no-op. --limit N keeps the first N images of each split (a quick look; rerunning without it needs --overwrite).
+    no-op. The sharded layout writes immutable parts while it runs (crash safety) and ends as one self-contained
+    .h5 (--keep-parts keeps the linked index and its parts folder). --limit N keeps the first N images of each
+    split (a quick look; rerunning without it needs --overwrite).
     --gpus 0,1 runs one worker per GPU and merges (with --device cpu: CPU worker processes, for testing); under
     torchrun/SLURM each rank writes its own parts (run `xaiclip store merge` afterwards). The settings are saved as
     <h5>.image.config.yaml beside the store. A reader holding the store open makes the writer wait up to 10 s.
@@ -73,7 +75,8 @@ def merge(s: StoreSettings, ctx: RunContext) -> BaseModel | None:
     """Check every part of a sharded store (fingerprint, complete, row counts) and rebuild the index.
 
     Run after a multi-node store image; rerunnable. --materialize OUT also writes a self-contained
-    single-file copy. Exit 3 when some parts are not finished yet.
+    single-file copy (--materialize naming --h5 itself replaces the index and deletes the parts). A store renamed
+    with its parts folder is relinked. Exit 3 when some parts are not finished yet.
     """
     from xaiclip_cli.store.merge import merge_store
 

@@ -35,9 +35,14 @@ class StoreSettings(ModelSelection, ImageFileSettings, ComputeSettings):
     prompts: str = Field("toycells", description="Prompt set: toycells, bloodmnist or a YAML file.")
     # --- layout ---
     layout: Literal["sharded", "single"] = Field(
-        "sharded", description="sharded: index file + immutable parts (crash-safe); single: one self-contained file."
+        "sharded", description="sharded: immutable parts while writing (crash-safe), one self-contained file at the "
+        "end (see --keep-parts); single: one file written in place."
     )
     part_rows: int = Field(1024, ge=1, description="Rows per part file in the sharded layout.")
+    keep_parts: bool = Field(
+        False, description="sharded: keep the index linked to its parts folder at the end instead of materialising "
+        "one self-contained file (torchrun/SLURM ranks always keep them until store merge).",
+    )
     tokens: bool = Field(True, description="Store token features (image_token_features, text_token_features).")
     cls_dtype: Literal["float32", "float16"] = Field(
         "float32", description="dtype of image_features (float16 for seed parity)."

@@ -25,6 +25,7 @@ from xaiclip_cli.models.hf import (
     Padding,
     image_side,
     json_config,
+    preprocess_path_for,
     run_image_processor,
     run_tokenizer,
     tokenizer_config,
@@ -167,6 +168,7 @@ class ConceptCLIPBackend(ClipBackend):
             "model_class": type(self.model).__name__,
             "lib_versions": lib_versions(),
             "processor_config": json_config(self.image_processor),
+            "preprocess_path": f"{preprocess_path_for(self.image_processor)} on {self.device.type}",
             "tokenizer_config": tokenizer_config(self.tokenizer, self.context_length, self.padding),
             **self.shape_facts(),
         }

@@ -24,9 +24,18 @@ import numpy as np
 
 from xaiclip_cli.errors import UsageError, XaiclipError
 from xaiclip_cli.store import layout as L
-from xaiclip_cli.store.index import check_model, check_plan, prepare_root, remove_store, safe_refresh_index
+from xaiclip_cli.store.index import (
+    check_model,
+    check_plan,
+    prepare_root,
+    remove_part_files,
+    remove_store,
+    safe_refresh_index,
+)
+from xaiclip_cli.store.merge import materialize, relink_if_renamed
 from xaiclip_cli.store.provenance import StoreIdentity, identity_from_backend, intensity_provenance
 from xaiclip_cli.store.results import StoreImageResult
+from xaiclip_cli.store.target import check_rank_target
 from xaiclip_cli.store.writer import (
     Batch,
     RowWriter,
@@ -66,6 +75,9 @@ class ImageOptions:
     queue_size: int = 3
     commit_rows: int = 256  # commit (flush + written mask) at least every this many rows ...
     commit_seconds: float = 1.0  # ... or this often, and at the end of every row file
+    # A finished single-process sharded run ends as one self-contained file (the parts are crash safety while
+    # writing; a copied .h5 alone then works everywhere). False keeps the linked index and its parts folder.
+    materialize: bool = True
 
 
 @dataclass
@@ -89,6 +101,25 @@ class RowFile:
         return self.row_stop - self.row_start
 
 
+def dataset_hashes(info: Any) -> dict[str, str]:
+    """``dataset_md5``: the MD5 of the input file itself (what resume compares: a swapped file is refused);
+    ``dataset_md5_official``: the MD5 MedMNIST publishes for that flag and size, beside it (equal for a pristine file).
+    """
+    file = Path(info.file) if info.file else None
+    stated = str(info.md5 or "")
+    if file is None or not file.is_file():
+        return {"dataset_md5": stated}  # a folder or a manifest: no single file to hash
+    from xaiclip_cli.data.npz import file_md5
+
+    out = {"dataset_md5": file_md5(file)}
+    if info.kind == "medmnist" and stated:
+        out["dataset_md5_official"] = stated
+        if stated != out["dataset_md5"]:
+            log.warning("%s has MD5 %s, MedMNIST publishes %s for it: not the official file", file,
+                        out["dataset_md5"], stated)
+    return out
+
+
 def source_attrs(source: Any, ref: str | None) -> dict[str, Any]:
     """Root attrs describing the input: `dataset` (JSON name), file, MD5, source image size."""
     info = source.info()
@@ -100,7 +131,7 @@ def source_attrs(source: Any, ref: str | None) -> dict[str, Any]:
         "dataset": L.json_attr(str(name)),
         "dataset_ref": str(ref or info.ref or ""),
         "dataset_file": str(info.file or ""),
-        "dataset_md5": str(info.md5 or ""),
+        **dataset_hashes(info),
         "source_image_size": int(info.image_size or -1),
         "class_names": L.json_attr(list(info.class_names or [])),
         "dataset_limit": info.extra.get("limit") if isinstance(info.extra, dict) else None,  # --limit, if any
@@ -349,6 +380,17 @@ class _Prefetcher:
             self.thread.join(timeout=0.05)
 
 
+def is_single_store(h5: Path) -> bool:
+    """True when ``h5`` is an xaiclip store with real (not virtual) image features: one self-contained file."""
+    if not h5.is_file():
+        return False
+    f = try_open(h5)
+    if f is None:
+        return False
+    with f:
+        return L.SCHEMA_ATTR in f.attrs and L.IMAGE_FEATURES in f and not f[L.IMAGE_FEATURES].is_virtual
+
+
 def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Advance | None = None,
                     progress: ProgressFactory | None = None) -> StoreImageResult:
     """Encode every unwritten row of ``source`` into the store at ``opts.h5``; resumable and idempotent.
@@ -373,13 +415,20 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
     if intensity is not None:  # the store records how its image files were mapped to uint8
         identity.provenance["intensity"] = intensity
     src = source_attrs(source, opts.dataset_ref)
+    prov = identity.provenance if isinstance(identity.provenance, dict) else {}
+    src["preprocess_path"] = str(prov.get("preprocess_path") or getattr(backend, "preprocess_path", "") or "")
     if opts.overwrite and opts.manage_index:
         remove_store(opts.h5)
+    if opts.layout == "sharded" and opts.materialize and opts.manage_index and is_single_store(opts.h5):
+        # A store this command already materialised (or one written with --layout single): one file, resumed as such.
+        log.debug("%s is a single self-contained file; continuing it with --layout single", opts.h5)
+        opts.layout = "single"
     opts.h5.parent.mkdir(parents=True, exist_ok=True)
     created = False
     if opts.manage_index:
         created = prepare_root(opts.h5, plan, identity, opts.layout, src)
-    elif opts.h5.exists():
+    elif opts.h5.exists() or opts.h5.is_symlink():
+        check_rank_target(opts.h5)
         f = try_open(opts.h5)
         if f is not None:
             with f:
@@ -387,6 +436,8 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
                 if L.WRITTEN in f:
                     check_plan(f, opts.h5, plan, opts.layout, src)
 
+    if opts.layout == "sharded" and opts.manage_index and not created:
+        relink_if_renamed(opts.h5)  # renamed together with its parts folder: the index follows the folder
     if opts.layout == "sharded":
         # Parts finished by an earlier run enter the index now (nothing to do for a new index and no parts).
         if opts.manage_index and (not created or any(L.part_path(opts.h5, k).exists() for k in range(plan.n_parts))):
@@ -511,6 +562,7 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
                     pass
                 rf.handle = rf.writer = None
 
+    result_layout = opts.layout
     if opts.manage_index:
         if opts.layout == "sharded":
             if index_stale:  # some part could not enter the index while a reader held it: wait for it now
@@ -522,16 +574,25 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
         with open_h5(opts.h5, "r") as f:
             n_done = int(f.attrs["n_written"])
         complete = n_done == plan.n_rows
+        if complete and opts.layout == "sharded" and opts.materialize and opts.world == 1:
+            t_m = time.perf_counter()
+            materialize(opts.h5, opts.h5)
+            result_layout = "single"
+            log.debug("materialised %s into one self-contained file in %.1f s", opts.h5, time.perf_counter() - t_m)
+        elif complete and opts.layout == "single" and L.parts_dir(opts.h5).is_dir():
+            remove_part_files(opts.h5)  # left by a run killed between materialising and deleting the parts
     else:
         n_done = done_before + written_now
         complete = n_done == mine
-    parts_complete = sum(1 for k in range(plan.n_parts) if L.part_path(opts.h5, k).exists()) \
-        if opts.layout == "sharded" else (1 if complete else 0)
+    if result_layout == "single":
+        parts_complete = 1 if complete else 0
+    else:
+        parts_complete = sum(1 for k in range(plan.n_parts) if L.part_path(opts.h5, k).exists())
     secs = time.perf_counter() - t0
     return StoreImageResult(
-        h5=str(opts.h5), layout=opts.layout, rows_total=plan.n_rows, rows_written=written_now,
+        h5=str(opts.h5), layout=result_layout, rows_total=plan.n_rows, rows_written=written_now,
         rows_skipped=done_before, rows_done=n_done, complete=complete, seconds=round(secs, 3),
         images_per_s=round(written_now / secs, 2) if secs > 0 else 0.0,
-        parts_total=plan.n_parts if opts.layout == "sharded" else 1, parts_complete=parts_complete,
+        parts_total=plan.n_parts if result_layout == "sharded" else 1, parts_complete=parts_complete,
         rank=opts.rank, world=opts.world,
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,9 @@ import numpy as np
 
 from xaiclip_cli.errors import UsageError, XaiclipError
 from xaiclip_cli.store import layout as L
+from xaiclip_cli.store import target as T
 from xaiclip_cli.store.provenance import StoreIdentity
+from xaiclip_cli.store.target import claim_target
 from xaiclip_cli.store.writer import (
     StoreLockedError,
     create_feature_vds,
@@ -28,12 +29,35 @@ from xaiclip_cli.store.writer import (
 log = logging.getLogger("xaiclip.store")
 
 
+# Files a store keeps in its parts folder (anything else there is the user's and stays).
+_PART_GLOBS = ("part-*.h5", "part-*.h5" + L.PART_PARTIAL_SUFFIX, "part-*.h5" + L.PART_PARTIAL_SUFFIX + ".tmp")
+
+
 def remove_store(h5: Path) -> None:
-    """Delete a store: the root file, its parts folder and saved configs (for --overwrite)."""
-    h5.unlink(missing_ok=True)
+    """Delete a store for --overwrite: the root file and the part files of its parts folder.
+
+    Only what provably belongs to a store goes (target.claim_target refuses anything else, exit 2, and sets an
+    unreadable file aside as .damaged instead of deleting it); other files in the parts folder are kept.
+    """
+    t = claim_target(h5, overwrite=True)
+    if t.kind in (T.STORE, T.SEED):
+        h5.unlink(missing_ok=True)
+    remove_part_files(h5)
+
+
+def remove_part_files(h5: Path) -> None:
+    """Delete the part files of ``h5``'s parts folder, and the folder when nothing else is in it."""
     pdir = L.parts_dir(h5)
-    if pdir.is_dir():
-        shutil.rmtree(pdir)
+    if not pdir.is_dir():
+        return
+    for pattern in _PART_GLOBS:
+        for p in pdir.glob(pattern):
+            p.unlink(missing_ok=True)
+    others = sorted(q.name for q in pdir.iterdir())
+    if others:
+        log.warning("kept %s: it holds files that are not store parts (%s)", pdir, ", ".join(others[:5]))
+    else:
+        pdir.rmdir()
 
 
 def ensure_skeleton(f: h5py.File) -> None:
@@ -104,6 +128,8 @@ def check_plan(f: h5py.File, path: Path, plan: L.Plan, layout: str, source_attrs
             raise UsageError(f"{path} was planned with --part-rows {old_plan.part_rows}; pass that or --overwrite")
     md5_old = L.decode_str(f.attrs.get("dataset_md5", ""))
     md5_new = str(source_attrs.get("dataset_md5") or "")
+    if md5_old and "dataset_md5_official" not in f.attrs and md5_old == source_attrs.get("dataset_md5_official"):
+        md5_old = ""  # a store from before the file's own hash was recorded held the official MD5 there: unknown
     if md5_old and md5_new and md5_old != md5_new:
         raise UsageError(f"{path} was written from a dataset file with MD5 {md5_old}, the input has {md5_new}; "
                          "pass --overwrite or another --h5")
@@ -135,16 +161,8 @@ def prepare_root(path: Path, plan: L.Plan, identity: StoreIdentity, layout: str,
                  source_attrs: Mapping[str, Any]) -> bool:
     """Open or create the root file, check it, add rows when missing. Returns True when rows were created now."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and try_open(path) is None:
-        if layout == "single":
-            raise XaiclipError(f"{path} is damaged (a single-file writer was killed mid-write); pass --overwrite")
-        damaged = path.with_name(path.name + ".damaged")
-        path.replace(damaged)
-        log.warning("index %s would not open; moved to %s and rebuilt from parts (rerun store text)", path, damaged)
-    else:
-        f0 = try_open(path)
-        if f0 is not None:
-            f0.close()
+    # Refuses what is not provably a store; a damaged index beside our parts is set aside and rebuilt from them.
+    claim_target(path, rebuild=layout == "sharded")
     with open_h5(path, "a") as f:
         check_model(f, path, identity, rows=True)
         if has_rows(f):

@@ -10,7 +10,7 @@ from typing import Any
 
 from xaiclip_cli.errors import PartialFailure, UsageError, XaiclipError
 from xaiclip_cli.parallel.ranks import RankInfo, rank_from_env
-from xaiclip_cli.store.image import ImageOptions, ProgressFactory, run_image_stage
+from xaiclip_cli.store.image import ImageOptions, ProgressFactory, is_single_store, run_image_stage
 from xaiclip_cli.store.results import StoreImageResult, StoreTextResult
 
 log = logging.getLogger("xaiclip.store")
@@ -69,6 +69,7 @@ def image_options(s: Any, rank: RankInfo, manage_index: bool) -> ImageOptions:
         h5=Path(s.h5), layout=s.layout, part_rows=s.part_rows, batch_size=s.batch_size, cls_dtype=s.cls_dtype,
         tokens=s.tokens, overwrite=s.overwrite, space_check=s.space_check, check_source=s.check_source,
         rank=rank.rank, world=rank.world, manage_index=manage_index, dataset_ref=s.dataset,
+        materialize=not s.keep_parts,
     )
 
 
@@ -133,6 +134,9 @@ def _spawn_image(s: Any, advance: Advance | None) -> StoreImageResult:
     t0 = time.perf_counter()
     if s.overwrite:
         remove_store(Path(s.h5))
+    elif is_single_store(Path(s.h5)):
+        # Already one self-contained file (a finished run materialised it): resume or no-op in one process.
+        return run_image_rank(s, RankInfo(), s.device, None, manage_index=True)
     payload = s.model_dump(mode="json")
     payload.update({"gpus": [], "overwrite": False})
     outcomes = spawn_workers("xaiclip_cli.store.jobs:image_worker", payload, list(s.gpus), device=s.device,
@@ -142,10 +146,11 @@ def _spawn_image(s: Any, advance: Advance | None) -> StoreImageResult:
     usage = [o for o in outcomes if o.exit_code == 2]
     if usage and len(usage) == len(outcomes):
         raise UsageError(usage[0].error or "worker refused the store")
-    failed = [o for o in outcomes if o.exit_code != 0]
     merge_err: PartialFailure | None = None
+    failed = [o for o in outcomes if o.exit_code != 0]
     try:
-        merged = merge_store(s.h5)
+        # All parts are on this machine: like a single process, end as one self-contained file unless --keep-parts.
+        merged = merge_store(s.h5, None if s.keep_parts or failed else s.h5)
     except PartialFailure as exc:
         merge_err = exc
         merged = None
@@ -160,7 +165,7 @@ def _spawn_image(s: Any, advance: Advance | None) -> StoreImageResult:
     written = sum(int(r.get("rows_written", 0)) for r in results)
     secs = time.perf_counter() - t0
     return StoreImageResult(
-        h5=str(s.h5), layout="sharded", rows_total=merged.rows_total, rows_written=written,
+        h5=str(s.h5), layout=merged.layout, rows_total=merged.rows_total, rows_written=written,
         rows_skipped=sum(int(r.get("rows_skipped", 0)) for r in results), rows_done=merged.rows_done,
         complete=merged.complete, seconds=round(secs, 3), images_per_s=round(written / secs, 2) if secs else 0.0,
         parts_total=merged.parts_total, parts_complete=merged.parts_complete, rank=0, world=len(outcomes),

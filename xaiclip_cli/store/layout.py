@@ -118,7 +118,8 @@ PROMPT_LIST_ATTRS = ("label_texts", "prompt_temp_for_labels", "concept_texts", "
 # Provenance attrs (§3.2) plus `model_fingerprint` (model only; what the text stage checks) and `part_rows`.
 PROVENANCE_ATTRS = (
     SCHEMA_ATTR, "xaiclip_version", "model_id", "model_revision", "lib_versions", "dataset_file",
-    "dataset_md5", "source_image_size", "model_input_size", "compute_dtype", "cls_dtype", "token_dtype",
+    "dataset_md5", "dataset_md5_official", "source_image_size", "model_input_size", "compute_dtype", "cls_dtype",
+    "token_dtype",
     "cls_normalized", "tokens_projected", "tokens_normalized", "has_tokens", "logit_scale_exp",
     "concept_logit_scale_exp", "layout", "n_rows", "n_written", "fingerprint", "model_fingerprint", "part_rows",
 )

@@ -14,9 +14,19 @@ import numpy as np
 
 from xaiclip_cli.errors import PartialFailure, UsageError
 from xaiclip_cli.store import layout as L
-from xaiclip_cli.store.index import ensure_skeleton, read_meta, refresh_index, write_meta
+from xaiclip_cli.store import target as T
+from xaiclip_cli.store.index import ensure_skeleton, read_meta, refresh_index, remove_part_files, write_meta
+from xaiclip_cli.store.relink import linked_folder, relink, stale_parts_dir
 from xaiclip_cli.store.results import PartRow, StoreMergeResult
-from xaiclip_cli.store.writer import create_feature_vds, create_row_datasets, open_h5, set_attrs, try_open
+from xaiclip_cli.store.target import claim_target, inspect_target
+from xaiclip_cli.store.writer import (
+    create_feature_vds,
+    create_row_datasets,
+    direct_chunk_ok,
+    open_h5,
+    set_attrs,
+    try_open,
+)
 
 log = logging.getLogger("xaiclip.store")
 
@@ -86,19 +96,46 @@ def create_index_from_part(h5: Path, part: Path) -> L.Plan:
     return facts.plan
 
 
+def _copy_token_rows(src: h5py.Dataset, dst: h5py.Dataset, a: int, n: int) -> None:
+    """Token rows of a part into rows [a, a+n) of the single file: raw chunk copies when both sides allow it.
+
+    A part's (1, T, D) uncompressed chunks are byte-identical to the single file's, so they are copied as stored
+    bytes (no decode, no float conversion, one row in memory at a time); a chunk never written stays unallocated
+    and reads as the NaN fill.
+    """
+    if direct_chunk_ok(src) and direct_chunk_ok(dst) and src.chunks == dst.chunks:
+        tail = (0,) * (src.ndim - 1)
+        for i in range(n):
+            try:
+                mask, data = src.id.read_direct_chunk((i, *tail))
+            except (OSError, KeyError, RuntimeError):
+                continue  # unallocated (unwritten row): leave the fill
+            dst.id.write_direct_chunk((a + i, *tail), data, filter_mask=mask)
+        return
+    for i in range(0, n, 64):
+        dst[a + i:a + min(n, i + 64)] = src[i:min(n, i + 64)]
+
+
 def materialize(h5: Path, out: Path, overwrite: bool = False) -> Path:
-    """Write a self-contained single-layout copy of a sharded store (temp name, then rename)."""
-    if out.exists() and not overwrite:
+    """Write a self-contained single-layout copy of a sharded store (temp name, then rename); out == h5: in place.
+
+    In place, the index is replaced by the single file and the part files are deleted only after the rename, so a
+    kill at any moment leaves either the linked store or the finished single file (a rerun finishes the job).
+    """
+    out = Path(out)
+    in_place = out.resolve() == h5.resolve()
+    if out.exists() and not overwrite and not in_place:
         raise UsageError(f"{out} exists; pass --overwrite to replace it")
-    if out.resolve() == h5.resolve():
-        raise UsageError("--materialize must name a file other than --h5")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + L.PART_PARTIAL_SUFFIX)
+    tmp = out.with_name(out.name + ".materialize" + L.PART_PARTIAL_SUFFIX)
     with open_h5(h5, "r") as src, h5py.File(tmp, "w") as dst:
+        if not src[L.IMAGE_FEATURES].is_virtual:
+            raise UsageError(f"{h5} is already a single self-contained file")
         plan = L.Plan.from_json(read_meta(src, L.META_PLAN))
         for k, v in src.attrs.items():
             dst.attrs[k] = v
         dst.attrs["layout"] = "single"
+        dst.attrs["materialized_from"] = "sharded"
         for name in (L.TEMPLATES, L.META):
             if name in src:
                 src.copy(src[name], dst, name=name)
@@ -117,10 +154,13 @@ def materialize(h5: Path, out: Path, overwrite: bool = False) -> Path:
             if not part.exists():
                 continue
             with open_h5(part, "r") as pf:
-                for name in L.FEATURE_DATASETS:
-                    if name in dst:
-                        dst[name][a:b] = pf[name][...]
+                dst[L.IMAGE_FEATURES][a:b] = pf[L.IMAGE_FEATURES][...]
+                if has_tokens:
+                    _copy_token_rows(pf[L.IMAGE_TOKENS], dst[L.IMAGE_TOKENS], a, b - a)
+        dst.flush()
     tmp.replace(out)
+    if in_place:
+        remove_part_files(h5)  # only after the rename: a kill before it leaves the linked store intact
     return out
 
 
@@ -128,6 +168,8 @@ def merge_store(h5: str | Path, materialize_to: str | Path | None = None, overwr
     """Check every planned part and rebuild the index's small columns, n_written and split_counts (rerunnable)."""
     t0 = time.perf_counter()
     h5 = Path(h5)
+    if inspect_target(h5).kind not in (T.EMPTY, T.UNREADABLE):  # a damaged index is set aside below, once a part
+        claim_target(h5)  # proves the store; anything else that is not a store is refused here
     index_ok = h5.exists() and try_open(h5) is not None
     if index_ok:
         with open_h5(h5, "r") as f:
@@ -145,9 +187,7 @@ def merge_store(h5: str | Path, materialize_to: str | Path | None = None, overwr
         if part is None:
             raise UsageError(f"no store at {h5} and no parts in {L.parts_dir(h5)}; run store image first")
         if h5.exists() and not index_ok:
-            damaged = h5.with_name(h5.name + ".damaged")
-            h5.replace(damaged)
-            log.warning("index %s would not open; moved to %s and rebuilt (rerun store text)", h5, damaged)
+            claim_target(h5)  # our parts prove the store: the damaged index is set aside (.damaged) and rebuilt
         if h5.exists():
             # A text-only store: add the rows to it.
             _add_rows_from_part(h5, part)
@@ -159,6 +199,7 @@ def merge_store(h5: str | Path, materialize_to: str | Path | None = None, overwr
             fp = L.decode_str(f.attrs.get("fingerprint", "")) or None
     else:
         plan = L.Plan.from_json(plan_json)
+        relink_if_renamed(h5)
     # A finished part written by another model/settings is a user error, not a missing part.
     for k in range(plan.n_parts):
         p = L.part_path(h5, k)
@@ -177,10 +218,13 @@ def merge_store(h5: str | Path, materialize_to: str | Path | None = None, overwr
             for k, st in statuses.items()]
     n_complete = sum(1 for st in statuses.values() if st == "complete")
     out = None
-    if materialize_to is not None:
+    in_place = materialize_to is not None and Path(materialize_to).resolve() == h5.resolve()
+    if materialize_to is not None and (n_complete == plan.n_parts or not in_place):
+        # In place only once complete: until then the parts are what makes the run resumable and crash-safe.
         out = str(materialize(h5, Path(materialize_to), overwrite=overwrite))
     result = StoreMergeResult(
-        h5=str(h5), rows_total=plan.n_rows, rows_done=n_done, parts_total=plan.n_parts, parts_complete=n_complete,
+        h5=str(h5), layout="single" if in_place and out else "sharded", rows_total=plan.n_rows, rows_done=n_done,
+        parts_total=plan.n_parts, parts_complete=n_complete,
         complete=n_done == plan.n_rows, split_counts=counts, materialized=out,
         seconds=round(time.perf_counter() - t0, 3), parts=rows,
     )
@@ -189,6 +233,21 @@ def merge_store(h5: str | Path, materialize_to: str | Path | None = None, overwr
         raise PartialFailure(f"merged {n_complete} of {plan.n_parts} parts of {h5}; not finished: "
                              f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; rerun store image to finish")
     return result
+
+
+def relink_if_renamed(h5: Path) -> None:
+    """Point the index's VDS at ``<stem>.parts`` after a rename of index + folder; refuse a half rename."""
+    with open_h5(h5, "r") as f:
+        pdir = stale_parts_dir(h5, f)
+        folder = linked_folder(f)
+    if pdir is not None:
+        with open_h5(h5, "r+") as f:
+            n = relink(f, pdir.name)
+            f.flush()
+        log.warning("%s was renamed: relinked its %d part sources from %s/ to %s/", h5, n, folder, pdir.name)
+    elif folder and folder != L.parts_dir(h5).name and not L.parts_dir(h5).exists():
+        raise UsageError(f"{h5} links its parts in {folder}/, but merge looks for {L.parts_dir(h5).name}/: rename "
+                         f"the folder to {L.parts_dir(h5).name} (a store is renamed together with its parts folder)")
 
 
 def _add_rows_from_part(h5: Path, part: Path) -> None:

@@ -144,6 +144,7 @@ class _Handle:
     columns: dict[str, np.ndarray] = field(default_factory=dict)
     sources: dict[str, list[_Source]] = field(default_factory=dict)
     good_sources: set[Path] = field(default_factory=set)
+    relinked: Path | None = None  # the parts folder a renamed index was relinked to in memory
 
 
 def open_h5(path: Path, mode: str = "r") -> Any:
@@ -188,6 +189,15 @@ class StoreReader:
             # A handle inherited across fork is dropped, not used: HDF5 state is not fork-safe.
             self._h = h = _Handle(file=open_h5(self.path, "r"), pid=pid)
             self._check_is_store(h.file)
+            from xaiclip_cli.store.relink import open_relinked, stale_parts_dir
+
+            pdir = stale_parts_dir(self.path, h.file)
+            if pdir is not None:
+                # Renamed with its parts folder: read through an in-memory relinked copy (the file is untouched;
+                # `store merge` relinks it on disk for plain h5py readers).
+                h.file.close()
+                h.file = open_relinked(self.path)
+                h.relinked = pdir
         return h
 
     @property

@@ -61,6 +61,7 @@ class StoreMergeResult(BaseModel):
     """store merge: index rebuilt from parts"""
 
     h5: str
+    layout: str = "sharded"  # single: --materialize named --h5 itself, the index is now one self-contained file
     rows_total: int
     rows_done: int
     parts_total: int

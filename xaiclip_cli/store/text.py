@@ -17,6 +17,7 @@ from xaiclip_cli.store import layout as L
 from xaiclip_cli.store.index import check_model, ensure_skeleton, remove_store, write_meta
 from xaiclip_cli.store.provenance import StoreIdentity, identity_from_backend
 from xaiclip_cli.store.results import StoreTextResult, TextGroupRow
+from xaiclip_cli.store.target import claim_target
 from xaiclip_cli.store.writer import open_h5, set_attrs, try_open
 
 log = logging.getLogger("xaiclip.store")
@@ -172,13 +173,11 @@ def run_text_stage(lists: Any, backend: Any, h5: str | Path, *, only: Sequence[s
     identity = identity_from_backend(backend, has_tokens=tokens)
     fp = group_fingerprint(identity, max_len, tokens)
     warnings: list[str] = []
+    # Refuses what is not provably a store (exit 2, file untouched); --overwrite sets an unreadable store aside.
+    claim_target(h5, overwrite=overwrite, rebuild=False)
     if h5.exists():
         f0 = try_open(h5)
-        if f0 is None:
-            if not overwrite:
-                raise UsageError(f"{h5} will not open (damaged); pass --overwrite to start over")
-            remove_store(h5)
-        else:
+        if f0 is not None:
             with f0:
                 try:
                     check_model(f0, h5, identity, rows=False)

@@ -15,8 +15,11 @@ import numpy as np
 from xaiclip_cli.errors import UsageError, XaiclipError
 from xaiclip_cli.store import layout as L
 from xaiclip_cli.store.reader import StoreReader, attr_json, open_h5, plain, read_rows
+from xaiclip_cli.store.relink import linked_folder
 
 REQUIRED_DATASETS = (L.IMAGE_FEATURES, L.IDS, L.LABELS, L.SPLIT)
+# Root attrs the seed writes in its text stage (scalars from the model's text side, prompt lists).
+TEXT_STAGE_ATTRS = (*L.SCALAR_ATTRS, *L.PROMPT_LIST_ATTRS)
 XAICLIP_DATASETS = (L.WRITTEN, L.SOURCE_SPLIT, L.SOURCE_INDEX, L.IMAGE_HASH)
 CLS_NORM_TOL = {"float32": 1e-4, "float16": 2e-3}
 TOKEN_SAMPLE_ROWS = 256
@@ -63,6 +66,10 @@ class VerifyReport:
     def warn(self, check: int, message: str) -> None:
         """Record a warning."""
         self.issues.append(Issue(check, "warning", message))
+
+    def note(self, check: int, message: str) -> None:
+        """Record a fact worth knowing that is neither an error nor a warning (how the store is stored, ...)."""
+        self.issues.append(Issue(check, "note", message))
 
 
 def _rows_text(rows: np.ndarray | list[int]) -> str:
@@ -113,9 +120,15 @@ def _check_structure(r: StoreReader, f: Any, rep: VerifyReport) -> None:
             rep.error(1, f"missing dataset {name!r}")
     if L.TEMPLATES not in f:
         rep.error(1, "missing group 'templates' (seed readers need it, even empty)")
+    no_text = [a for a in L.SEED_ROOT_ATTRS if a in TEXT_STAGE_ATTRS and a not in f.attrs and not _in_meta(f, a)]
+    if no_text and len(f[L.TEMPLATES].keys() if L.TEMPLATES in f else []) == 0:
+        # The seed writes these with its text stage: without templates this is a valid image-only store.
+        rep.note(1, f"image-only store: no text stage yet (no templates, no {', '.join(no_text)}); "
+                    "add prompts with 'xaiclip store text'")
+    else:
+        no_text = []
     for a in L.SEED_ROOT_ATTRS:
-        if a not in f.attrs and not (a == "concept_texts" and _in_meta(f, a)) and not (
-                a in L.PROMPT_LIST_ATTRS and _in_meta(f, a)):
+        if a not in f.attrs and a not in no_text and not (a in L.PROMPT_LIST_ATTRS and _in_meta(f, a)):
             rep.error(1, f"missing root attribute {a!r}")
     for a in L.JSON_ROOT_ATTRS:
         if a in f.attrs:
@@ -247,8 +260,24 @@ def _check_parts(r: StoreReader, f: Any, written: np.ndarray, rep: VerifyReport)
     usable = np.ones(written.size, dtype=bool)
     if L.IMAGE_FEATURES not in f or not f[L.IMAGE_FEATURES].is_virtual:
         rep.checked["layout"] = "single"
+        rep.checked["storage"] = "self-contained"
+        rep.note(6, "self-contained: one file holds every feature (copying the .h5 alone is enough)")
         return usable
     rep.checked["layout"] = "sharded"
+    rep.checked["storage"] = "linked"
+    pdir = r.handle.relinked
+    if pdir is not None:
+        rep.error(6, f"the store was renamed: its index still links the old parts folder name, so plain h5py and "
+                     f"seed readers read NaN; its parts are in {pdir.name}/ (xaiclip reads them): run 'xaiclip "
+                     f"store merge --h5 {r.path}' to relink them")
+    else:
+        folder = linked_folder(f)
+        if folder and folder != L.parts_dir(r.path).name:
+            rep.warn(6, f"the index is named {r.path.name} but its parts folder is {folder}/: readers work, "
+                        f"'xaiclip store image/merge' look for {L.parts_dir(r.path).name}/; rename the folder")
+    rep.note(6, f"linked: features live in the part files under {pdir.name if pdir else linked_folder(f)}/; "
+                "copy or move the .h5 together with that folder, or make one file with 'xaiclip store merge "
+                f"--h5 {r.path} --materialize {r.path}'")
     fp = plain(f.attrs.get("fingerprint", ""))
     srcs: dict[Path, tuple[int, int]] = {}
     for name in (L.IMAGE_FEATURES, L.IMAGE_TOKENS):
