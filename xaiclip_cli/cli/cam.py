@@ -15,8 +15,8 @@ from xaiclip_cli.config.cam import CamSettings
 app = group_app("Grad-CAM-family heatmaps of image-text alignment for CNN and ViT/SigLIP image towers.")
 log = logging.getLogger("xaiclip.cam")
 
-_MODEL_FIELDS = ["backend", "model", "revision", "checkpoint", "image_encoder", "text_encoder", "embed_dim",
-                 "img_size", "device", "cpu", "seed", "threads", "log_level"]
+_MODEL_FIELDS = ["backend", "model", "revision", "trust_remote_code", "checkpoint", "image_encoder", "text_encoder",
+                 "embed_dim", "img_size", "device", "cpu", "seed", "threads", "log_level"]
 
 
 class CamRunResult(BaseModel):

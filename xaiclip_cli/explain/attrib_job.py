@@ -374,7 +374,8 @@ def load_model_state(s: AttribSettings, classes: ClassSet, device: str) -> Model
                            "weights_sha256": _file_sha256(ckpt)})
     from xaiclip_cli.models.registry import load_backend
 
-    backend = load_backend(s.backend, s.model, revision=s.revision, device=dev)
+    backend = load_backend(s.backend, s.model, revision=s.revision, device=dev,
+                           trust_remote_code=s.trust_remote_code)
     if classes.features is not None:
         feats = torch.from_numpy(classes.features)
     else:

@@ -49,7 +49,8 @@ def load_cam_backend(s: CamSettings) -> Any:
                 f"--checkpoint {s.checkpoint}: a raw state-dict file is not supported yet; pass the export folder "
                 "written by `xaiclip train clip` (model.safetensors + clip_spec + tokenizer)"
             )
-    backend = load_backend(name, model, revision=s.revision, device=device_of(s))
+    backend = load_backend(name, model, revision=s.revision, device=device_of(s),
+                           trust_remote_code=s.trust_remote_code)
     if s.checkpoint is not None:
         _warn_tower_mismatch(s, backend)
     for field, attr in (("embed_dim", "embed_dim"), ("img_size", "image_size")):
