@@ -1,7 +1,94 @@
-"""The `xaiclip eval` command group."""
+"""The `xaiclip eval` command group (thin: settings → `xaiclip_cli.metrics.commands` → result model)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import BaseModel, Field
+
 from xaiclip_cli.cli.app import group_app
+from xaiclip_cli.cli.command import settings_command
+from xaiclip_cli.cli.output import RunContext
+from xaiclip_cli.config.eval import EvalSettings
 
 app = group_app("Score explanations: insertion/deletion AUC, MuFidelity, localisation, zero-shot and probe scores.")
+
+_COMMON = ["output_dir", "overwrite", "bootstrap", "seed", "log_level"]
+_MODEL = ["backend", "model", "revision", "device", "threads", "gpus"]
+_MAPS = ["maps", "images", "dataset", "split", "limit"]
+_TARGET = ["text", "target", "score", "batch_size"]
+
+
+class EvalResult(BaseModel):
+    """Evaluation result"""
+
+    command: str
+    output_dir: str
+    images: int = Field(description="items planned")
+    evaluated: int
+    skipped: dict[str, int] = Field(default_factory=dict)
+    metrics: list[dict[str, Any]] = Field(default_factory=list, description="one row per metric: mean and 95 % CI")
+    tables: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+
+    def __rich_tables__(self) -> list[Any]:
+        """Scalars, the metric table, then each extra table."""
+        import json
+
+        from rich.markup import escape
+        from rich.table import Table
+
+        from xaiclip_cli.cli.output import _records_table
+
+        head = Table(title=escape(f"eval {self.command}"), title_justify="left", show_header=False)
+        head.add_column("field", style="bold")
+        head.add_column("value")
+        for k in ("output_dir", "images", "evaluated"):
+            head.add_row(k, escape(str(getattr(self, k))))
+        head.add_row("skipped", escape(json.dumps(self.skipped)) if self.skipped else "0")
+        for note in self.notes:
+            head.add_row("note", escape(note))
+        out = [head]
+        if self.metrics:
+            out.append(_records_table("metrics (mean, bootstrap 95 % CI)", self.metrics))
+        for name, rows in self.tables.items():
+            if rows:
+                out.append(_records_table(name, rows))
+        return out
+
+
+def _result(doc: dict[str, Any]) -> EvalResult:
+    from xaiclip_cli.metrics.commands import result_fields
+
+    return EvalResult(**result_fields(doc))
+
+
+def _finish(doc: dict[str, Any], ctx: RunContext) -> EvalResult:
+    from xaiclip_cli.errors import EXIT_PARTIAL
+
+    res = _result(doc)
+    if doc["counts"].get("skipped") and doc["counts"].get("evaluated", 0) == 0:
+        ctx.exit_code = EXIT_PARTIAL
+    for w in doc.get("extra", {}).get("warnings", []):
+        ctx.warn(w)
+    return res
+
+
+@settings_command(app, EvalSettings, name="zeroshot",
+                  fields=["h5", "splits", "family", "store_model", *_COMMON])
+def zeroshot(s: EvalSettings, ctx: RunContext) -> EvalResult:
+    """Zero-shot accuracy, balanced accuracy and macro AUC per label template and ensembled, per split, from a
+    feature store (no model run); concept scores per image and per class when the store has concept templates."""
+    from xaiclip_cli.metrics.commands import run_zeroshot
+
+    return _finish(run_zeroshot(s), ctx)
+
+
+@settings_command(app, EvalSettings, name="probe",
+                  fields=["h5", "features", "family", "store_model", *_COMMON])
+def probe(s: EvalSettings, ctx: RunContext) -> EvalResult:
+    """Linear probe (logistic regression, C chosen on val) on stored CLS features or on concept scores (then the
+    coefficients per concept and class are reported); test metrics with bootstrap intervals."""
+    from xaiclip_cli.metrics.commands import run_probe
+
+    return _finish(run_probe(s), ctx)
