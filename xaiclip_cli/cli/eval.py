@@ -67,8 +67,14 @@ def _finish(doc: dict[str, Any], ctx: RunContext) -> EvalResult:
     from xaiclip_cli.errors import EXIT_PARTIAL
 
     res = _result(doc)
-    if doc["counts"].get("skipped") and doc["counts"].get("evaluated", 0) == 0:
-        ctx.exit_code = EXIT_PARTIAL
+    skipped = doc["counts"].get("skipped") or {}
+    if skipped:
+        text = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items()))
+        if doc["counts"].get("evaluated", 0) == 0:
+            ctx.exit_code = EXIT_PARTIAL
+            ctx.warn(f"nothing evaluated: every item was skipped ({text}); see per_image.csv")
+        else:
+            ctx.warn(f"skipped and counted, not averaged: {text}")
     for w in doc.get("extra", {}).get("warnings", []):
         ctx.warn(w)
     return res
@@ -92,3 +98,33 @@ def probe(s: EvalSettings, ctx: RunContext) -> EvalResult:
     from xaiclip_cli.metrics.commands import run_probe
 
     return _finish(run_probe(s), ctx)
+
+
+@settings_command(app, EvalSettings, name="smdl", fields=["results", "limit", *_COMMON])
+def smdl(s: EvalSettings, ctx: RunContext) -> EvalResult:
+    """Insertion/deletion AUC from the curves `attrib run` recorded (protocol (a), no model run); reads attrib OUT
+    folders and the reference npy/json export alike (the reference evaluator's formula)."""
+    from xaiclip_cli.metrics.commands import run_smdl
+
+    return _finish(run_smdl(s), ctx)
+
+
+_LOC_FIELDS = ["maps", "masks", "dataset", "split", "limit", "thresholds", "tolerance", "tune_split", "tune_maps",
+               *_COMMON]
+
+
+@settings_command(app, EvalSettings, name="localization", fields=_LOC_FIELDS)
+def localization(s: EvalSettings, ctx: RunContext) -> EvalResult:
+    """Pointing game (TorchRay tolerance), energy pointing game with chance level, IoU/Dice@t (fixed, otsu or
+    tuned on val), pixel AUPRC; per class and by mask-area tertile (no model run)."""
+    from xaiclip_cli.metrics.commands import run_localization
+
+    return _finish(run_localization(s), ctx)
+
+
+@settings_command(app, EvalSettings, name="localisation", fields=_LOC_FIELDS)
+def localisation(s: EvalSettings, ctx: RunContext) -> EvalResult:
+    """Alias of `eval localization`."""
+    from xaiclip_cli.metrics.commands import run_localization
+
+    return _finish(run_localization(s), ctx)

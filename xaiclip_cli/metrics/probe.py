@@ -17,10 +17,17 @@ from xaiclip_cli.metrics.zeroshot import classification_metrics
 COARSE = [10.0**e for e in range(-4, 5)]
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> Any:
+def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int, init: Any = None) -> Any:
+    """LogisticRegression(lbfgs, max_iter=1000) at C; ``init`` (a fitted model at a nearby C) warm-starts lbfgs.
+
+    The objective is strictly convex, so the warm start changes the iterations, not the optimum (to lbfgs's tol).
+    """
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=c, solver="lbfgs", max_iter=1000, random_state=seed).fit(x, y)
+    m = LogisticRegression(C=c, solver="lbfgs", max_iter=1000, random_state=seed, warm_start=init is not None)
+    if init is not None:
+        m.coef_, m.intercept_, m.classes_ = init.coef_.copy(), init.intercept_.copy(), init.classes_
+    return m.fit(x, y)
 
 
 def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
@@ -45,9 +52,11 @@ def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np
 
     def trial(c: float) -> None:
         if c not in tried:
+            below = [k for k in tried if k < c]  # warm start from the nearest smaller C (path in ascending C)
+            init = tried[max(below)][1] if below else None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                m = _fit(xtr_s, ytr, c, seed)
+                m = _fit(xtr_s, ytr, c, seed, init)
             tried[c] = (float((m.predict(xva_s) == yva).mean()), m)
 
     for c in COARSE:
@@ -55,9 +64,12 @@ def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np
     best = max(COARSE, key=lambda c: (tried[c][0], -COARSE.index(c)))
     for f in (-0.5, -0.25, 0.25, 0.5):
         trial(float(best * 10.0**f))
+    # Report the model at the chosen C fitted cold (no warm start): what a direct sklearn call gives.
     grid = sorted(tried)
     c_best = max(grid, key=lambda c: (tried[c][0], -grid.index(c)))
-    model = tried[c_best][1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = _fit(xtr_s, ytr, c_best, seed)
 
     def probs(x: np.ndarray) -> np.ndarray:
         p = np.zeros((x.shape[0], n_classes))

@@ -120,9 +120,11 @@ def ensemble(groups: dict[str, np.ndarray]) -> np.ndarray:
     return unit(np.mean([unit(g) for g in groups.values()], axis=0))
 
 
-def logits(features: np.ndarray, prototypes: np.ndarray, scale: float, bias: float = 0.0) -> np.ndarray:
-    """s·(f̂ T̂ᵀ) + b."""
-    return scale * (unit(features) @ unit(prototypes).T) + bias
+def logits(features: np.ndarray, prototypes: np.ndarray, scale: float, bias: float = 0.0,
+           normalised: bool = False) -> np.ndarray:
+    """s·(f̂ T̂ᵀ) + b (``normalised``: the feature rows are already unit, skip that pass)."""
+    f = features if normalised else unit(features)
+    return scale * (f @ unit(prototypes).T) + bias
 
 
 def probabilities(lg: np.ndarray, family: str) -> np.ndarray:
@@ -177,16 +179,17 @@ def zeroshot(lib: Library, splits: tuple[str, ...], family: str | None = None) -
     protos = {**lib.label_groups, "ensemble": ensemble(lib.label_groups)}
     out: dict[str, Any] = {"family": fam, "splits": {}}
     for s in splits:
-        x, y = lib.features[s], lib.labels[s]
+        y = lib.labels[s]
         if y.size == 0:
             out["splits"][s] = {"note": f"split {s} has no written rows"}
             continue
         if np.any(y < 0) or np.any(y >= c):
             raise UsageError(f"split {s}: labels outside 0..{c - 1} (multi-label or unlabelled rows)")
+        x = unit(lib.features[s])  # once per split, not once per template
         per = {}
         for name, t in protos.items():
-            per[name] = classification_metrics(y, probabilities(logits(x, t, lib.logit_scale, lib.logit_bias), fam),
-                                               c)
+            lg = logits(x, t, lib.logit_scale, lib.logit_bias, normalised=True)
+            per[name] = classification_metrics(y, probabilities(lg, fam), c)
         out["splits"][s] = per
     return out
 
@@ -222,16 +225,25 @@ def _weighted_auc(w: np.ndarray, pos: np.ndarray, score: np.ndarray) -> np.ndarr
     """Mann-Whitney AUC of each row of resampling weights w [B,n] (ties count half): [B]."""
     order = np.argsort(score, kind="stable")
     s = score[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    wp = (w[:, order] * pos[order][None]).astype(np.float64)
-    wn = (w[:, order] * (~pos[order])[None]).astype(np.float64)
-    pu = np.add.reduceat(wp, starts, axis=1)
-    nu = np.add.reduceat(wn, starts, axis=1)
-    below = np.cumsum(nu, axis=1) - nu
-    num = (pu * (below + 0.5 * nu)).sum(axis=1)
-    den = pu.sum(axis=1) * nu.sum(axis=1)
+    ws = w[:, order]
+    ps = pos[order]
+    wp = ws * ps[None]
+    wn = ws - wp
+    if np.any(s[1:] == s[:-1]):  # ties: pool the weights of equal scores
+        starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+        wp, wn = np.add.reduceat(wp, starts, axis=1), np.add.reduceat(wn, starts, axis=1)
+    below = np.cumsum(wn, axis=1, dtype=np.float64) - wn
+    num = (wp * (below + 0.5 * wn)).sum(axis=1, dtype=np.float64)
+    den = wp.sum(axis=1, dtype=np.float64) * wn.sum(axis=1, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / den, np.nan)
+
+
+def resample_weights(idx: np.ndarray, n: int) -> np.ndarray:
+    """Counts [b, n] of each image in each resample (float32: small integers, exact)."""
+    b = idx.shape[0]
+    flat = (np.arange(b, dtype=np.int64)[:, None] * n + idx).reshape(-1)
+    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float32)
 
 
 def bootstrap_classification(y: np.ndarray, prob: np.ndarray, n_classes: int, b: int = 1000, seed: int = 0,
@@ -252,18 +264,16 @@ def bootstrap_classification(y: np.ndarray, prob: np.ndarray, n_classes: int, b:
     bal, aucs = [], []
     classes = [1] if n_classes == 2 else list(present)
     for s0 in range(0, b, chunk):
-        w = np.zeros((min(chunk, b - s0), n), dtype=np.float64)
-        rows = np.repeat(np.arange(w.shape[0]), n)
-        np.add.at(w, (rows, idx[s0:s0 + w.shape[0]].reshape(-1)), 1.0)
-        rec = []
-        for c in present:
-            m = y == c
-            tot = w[:, m].sum(axis=1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                rec.append(np.where(tot > 0, (w[:, m] * correct[m][None]).sum(axis=1) / tot, np.nan))
-        bal.append(np.nanmean(np.vstack(rec), axis=0))
+        w = resample_weights(idx[s0:s0 + chunk], n)
+        onehot = (y[:, None] == present[None]).astype(np.float32)  # [n, C]
+        tot = (w @ onehot).astype(np.float64)
+        hit = (w @ (onehot * correct[:, None].astype(np.float32))).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rec = np.where(tot > 0, hit / tot, np.nan)
+        bal.append(np.nanmean(rec, axis=1))
         if present.size >= 2:
-            aucs.append(np.nanmean(np.vstack([_weighted_auc(w, y == c, prob[:, c]) for c in classes]), axis=0))
+            aucs.append(np.nanmean(np.vstack([_weighted_auc(w, y == c, prob[:, c].astype(np.float64))
+                                              for c in classes]), axis=0))
 
     def ci(vals: list[np.ndarray], point: float | None) -> dict[str, Any]:
         v = np.concatenate(vals) if vals else np.array([])
