@@ -427,3 +427,329 @@ def run_localization(s: Any) -> dict[str, Any]:
                           files=_files(out, per_image="per_image.csv"))
     R.write_eval_json(out, doc)
     return doc
+
+
+# -------------------------------------------------------------------------- model-based: faithfulness, mufidelity, drop
+def _load_backend(s: Any) -> Any:
+    import torch
+
+    from xaiclip_cli.models.registry import load_backend
+
+    torch.manual_seed(s.seed)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    device = s.device
+    if s.gpus:
+        device = f"cuda:{s.gpus[0]}"  # one process (metrics.md: multi-GPU sharding not implemented for eval)
+    backend = load_backend(s.backend, s.model, revision=s.revision, device="auto" if device == "auto" else device)
+    return backend
+
+
+def _model_common(s: Any) -> dict[str, Any]:
+    """Settings recorded by every model-based command."""
+    return {"score": s.score, "target_rule": s.target, "backend": s.backend, "model_name": s.model,
+            "revision": s.revision, "space": "model input after preprocessing (normalised)"}
+
+
+class _ModelRun:
+    """Shared state of a model-based eval: items, images, scorers per text set, rows, resume log."""
+
+    def __init__(self, s: Any, command: str, settings: dict[str, Any]) -> None:
+        from xaiclip_cli.metrics.maps import collect
+        from xaiclip_cli.metrics.scoring import ImageResolver
+
+        self.s, self.command = s, command
+        self.items = collect(s.maps, s.limit)
+        self.resolver = ImageResolver(s.images, s.dataset, s.split)
+        self.resolver.check_counts(self.items)
+        self.settings = settings
+        out = Path(s.output_dir)
+        if (out / "eval.json").exists() and not s.overwrite:
+            raise UsageError(f"{out / 'eval.json'} exists; pass --overwrite to replace the results in {out}")
+        out.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        self.log = out / "progress.jsonl"
+        self.done: dict[str, dict[str, Any]] = {}
+        if s.overwrite and self.log.exists():
+            self.log.unlink()
+        if self.log.exists():
+            import json
+
+            lines = self.log.read_text(encoding="utf-8").splitlines()
+            head = json.loads(lines[0]) if lines else {}
+            if head.get("settings") != json.loads(json.dumps(settings, default=str)):
+                raise UsageError(f"{self.log} was written with different settings; pass --overwrite to start over")
+            for ln in lines[1:]:
+                try:
+                    rec = json.loads(ln)
+                except ValueError:
+                    continue  # a line cut by an interrupt: that image is redone
+                self.done[rec["row"]["image"]] = rec
+        else:
+            import json
+
+            self.log.write_text(json.dumps({"settings": settings}, default=str) + "\n", encoding="utf-8")
+        self.backend = _load_backend(s)
+        self.scorers: dict[tuple[str, ...], Any] = {}
+        self.model = {k: v for k, v in (self.backend.provenance() or {}).items()
+                      if k in ("backend", "model_id", "model_revision", "sha256")}
+
+    def scorer(self, prompts: list[str]) -> Any:
+        from xaiclip_cli.metrics.scoring import TargetScorer
+
+        key = tuple(prompts)
+        if key not in self.scorers:
+            self.scorers[key] = TargetScorer(self.backend, prompts, self.s.score)
+        return self.scorers[key]
+
+    def record(self, row: dict[str, Any], **arrays: Any) -> None:
+        import json
+
+        rec = {"row": row, **{k: np.asarray(v).tolist() for k, v in arrays.items()}}
+        self.done[row["image"]] = rec
+        with open(self.log, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec, default=float) + "\n")
+
+    def pending(self) -> list[tuple[Any, Any]]:
+        """(item, row) of the items not done yet; skipped items are recorded at once."""
+        from xaiclip_cli.metrics.scoring import texts_of
+
+        todo = []
+        for it in self.items:
+            if it.key in self.done:
+                continue
+            row = {"image": it.key, "target": it.target_name or "", "label": "", "status": "ok", "reason": "",
+                   "method": it.method or it.kind}
+            if it.phi is None:
+                self.record({**row, "status": "skipped", "reason": it.reason})
+                continue
+            if not np.isfinite(it.phi).all():
+                self.record({**row, "status": "skipped", "reason": "nan"})
+                continue
+            todo.append((it, row, texts_of(it, self.s.text)))
+        return todo
+
+    def batches(self, per: int) -> Any:
+        """Yield lists of (item, row, names, scorer, image) of at most ``per`` images (missing images recorded)."""
+        group: list[Any] = []
+        for it, row, (names, prompts) in self.pending():
+            img = self.resolver.get(it)
+            if img is None:
+                self.record({**row, "status": "skipped", "reason": "missing_image"})
+                continue
+            group.append((it, row, names, self.scorer(prompts), img))
+            if len(group) >= per:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def rows(self) -> list[dict[str, Any]]:
+        order = {it.key: i for i, it in enumerate(self.items)}
+        return [self.done[k]["row"] for k in sorted(self.done, key=lambda k: order.get(k, 1 << 30))]
+
+
+def _targets(run: _ModelRun, group: list[Any], x: Any) -> list[int]:
+    """Target index per image (scores of the unperturbed images decide `best`/fallbacks)."""
+    from xaiclip_cli.metrics.scoring import resolve_target
+
+    out = []
+    for j, (it, _row, names, sc, _img) in enumerate(group):
+        full = sc.scores(x[j:j + 1]).detach().cpu().numpy()[0]
+        out.append(resolve_target(run.s.target, it, names, full))
+    return out
+
+
+def _check_relative_drop(s: Any) -> None:
+    if s.ad_variant == "relative" and s.score in ("cosine", "logit"):
+        raise UsageError(f"relative average drop needs positive scores: use --score softmax or sigmoid, or "
+                         f"--ad-variant absolute (got --score {s.score})")
+
+
+def run_faithfulness(s: Any) -> dict[str, Any]:
+    """`eval faithfulness`: insertion and deletion re-evaluated on perturbed images (protocol (b), §2)."""
+    import torch
+
+    from xaiclip_cli.metrics import insertion_deletion as ID
+
+    kind, value = ID.parse_baseline(s.baseline)
+    facts = ID.CONVENTION_FACTS[s.convention]
+    settings = {"protocol": "b (re-evaluated pixel ranking)", "convention": s.convention, **facts,
+                "baseline": {"kind": kind, "space": "normalised" if kind != "black" else
+                             "pixel 0 before normalisation", "value": value},
+                "unit": s.unit, "steps": s.steps, "max_fraction": s.max_fraction, "rise_step": s.rise_step,
+                **_model_common(s), "aggregation": "mean of per-image AUC", "seed": s.seed,
+                "bootstrap": s.bootstrap, "bootstrap_seed": s.seed}
+    run = _ModelRun(s, "faithfulness", settings)
+    per = max(1, s.batch_size // (s.steps + 1))  # images whose curves fill about one forward batch
+    for group in run.batches(per):
+        sc_groups: dict[int, list[int]] = {}
+        for j, g in enumerate(group):
+            sc_groups.setdefault(id(g[3]), []).append(j)
+        for js in sc_groups.values():
+            sub = [group[j] for j in js]
+            sc = sub[0][3]
+            x = sc.pixels([g[4] for g in sub])
+            tg = _targets(run, sub, x)
+            base = ID.make_baseline(kind, x, mean=sc.mean, std=sc.std, value=value, seed=s.seed)
+            keep, ranks, cnts, ns = [], [], [], []
+            for j, (it, row, *_rest) in enumerate(sub):
+                try:
+                    r = ID.pixel_ranks(it.phi, sc.size, s.unit, s.convention)
+                except ID.InvalidMap as exc:
+                    run.record({**row, "status": "skipped", "reason": exc.reason})
+                    continue
+                n = ID.n_features(it.phi.shape, sc.size, s.unit)
+                keep.append(j)
+                ranks.append(torch.as_tensor(r))
+                cnts.append(ID.counts(n, s.steps, s.convention, s.max_fraction, s.rise_step))
+                ns.append(n)
+            if not keep:
+                continue
+            xs, bs = x[keep], base[keep]
+            rk = torch.stack(ranks).to(xs.device)
+            tt = [tg[j] for j in keep]
+            y_del = ID.perturbation_curves(sc, xs, bs, rk, cnts, "deletion", tt, s.batch_size)
+            y_ins = ID.perturbation_curves(sc, xs, bs, rk, cnts, "insertion", tt, s.batch_size)
+            for k, j in enumerate(keep):
+                it, row, names = sub[j][0], sub[j][1], sub[j][2]
+                xa = ID.x_axis(cnts[k], ns[k])
+                row = {**row, "target": names[tt[k]], "target_index": tt[k],
+                       "deletion_auc": ID.auc(cnts[k], ns[k], y_del[k], s.convention),
+                       "insertion_auc": ID.auc(cnts[k], ns[k], y_ins[k], s.convention),
+                       "score_full": float(y_del[k][0]), "score_baseline": float(y_ins[k][0]), "n_features": ns[k]}
+                run.record(row, x=xa, y_deletion=y_del[k], y_insertion=y_ins[k])
+    rows = run.rows()
+    ok = [r for r in rows if r["status"] == "ok"]
+    metrics = R.summarise(ok, ["insertion_auc", "deletion_auc", "score_full", "score_baseline"], s.bootstrap, s.seed)
+    recs = [run.done[r["image"]] for r in ok]
+    lengths = {len(rec["x"]) for rec in recs}
+    files: dict[str, Any] = {"per_image": "per_image.csv", "curves": None, "plot": None}
+    if recs and len(lengths) == 1:
+        arrays = {"image": np.asarray([r["image"] for r in ok], dtype=str)}
+        for mode in ("insertion", "deletion"):
+            arrays[f"x_{mode}"] = np.asarray([rec["x"] for rec in recs], dtype=np.float64)
+            arrays[f"y_{mode}"] = np.asarray([rec[f"y_{mode}"] for rec in recs], dtype=np.float64)
+        R.write_curves(run.out, arrays)
+        R.plot_mean_curves(run.out, {m: (arrays[f"x_{m}"], arrays[f"y_{m}"]) for m in ("insertion", "deletion")},
+                           title=f"{s.convention} insertion/deletion, baseline {s.baseline}, {s.steps} steps, "
+                           f"{len(ok)} images", ylabel=f"{s.score} of the target", seed=s.seed)
+        files.update(curves="curves.npz", plot="curves.png")
+    R.write_per_image(run.out, rows)
+    counts = {"images": len(rows), "evaluated": len(ok), "skipped": R.skipped_counts(rows),
+              "forwards": sum(sc.forwards for sc in run.scorers.values())}
+    per_class = R.summarise(ok, ["insertion_auc", "deletion_auc"], s.bootstrap, s.seed, group_key="target")
+    doc = R.eval_document("faithfulness", settings, counts, metrics, model=run.model, per_class=per_class,
+                          extra={"notes": [] if len(lengths) <= 1 else
+                                 ["maps with different grids give curves of different lengths: curves.npz not "
+                                  "written (per-image values in per_image.csv)"]},
+                          files=_files(run.out, **files))
+    R.write_eval_json(run.out, doc)
+    return doc
+
+
+def run_mufidelity(s: Any) -> dict[str, Any]:
+    """`eval mufidelity`: seeded xplique MuFidelity / Quantus-style faithfulness correlation (§3)."""
+    from xaiclip_cli.metrics import insertion_deletion as ID
+    from xaiclip_cli.metrics import mufidelity as MF
+    from xaiclip_cli.metrics.scoring import image_seed
+
+    kind, value = ID.parse_baseline(s.baseline)
+    settings = {"protocol": "mufidelity", "subset": s.subset, "grid_size": s.grid_size, "samples": s.samples,
+                "subset_percent": s.subset_percent, "subset_size": s.subset_size, "corr": s.corr,
+                "upsampling": "torch nearest-exact", "baseline": {"kind": kind, "value": value},
+                "mask_seed": f"PCG64(SeedSequence([seed, crc32(map key)])), seed {s.seed}",
+                "nan_rule": "constant delta or attribution -> 0", **_model_common(s), "seed": s.seed,
+                "bootstrap": s.bootstrap, "bootstrap_seed": s.seed}
+    run = _ModelRun(s, "mufidelity", settings)
+    for group in run.batches(1):
+        it, row, names, sc, img = group[0]
+        x = sc.pixels([img])
+        t = _targets(run, group, x)[0]
+        try:
+            phi = ID.resize_bilinear(ID.channel_mean(it.phi), sc.size)
+            ID.check_finite(phi)
+        except ID.InvalidMap as exc:
+            run.record({**row, "status": "skipped", "reason": exc.reason})
+            continue
+        base = ID.make_baseline(kind, x, mean=sc.mean, std=sc.std, value=value, seed=s.seed)[0]
+        rng = image_seed(s.seed, it.stem or it.key)
+        if s.subset == "bernoulli":
+            keep = MF.bernoulli_masks(rng, s.samples, s.grid_size, sc.size, s.subset_percent)
+        else:
+            keep = MF.fixed_masks(rng, s.samples, (int(x.shape[1]), *sc.size), s.subset_size)
+
+        def f(b: Any, t: int = t, sc: Any = sc) -> Any:
+            return sc.scores(b)[:, t]
+
+        rho, delta, _attr = MF.mufidelity_image(f, x[0], phi, base, keep, s.corr, s.batch_size)
+        run.record({**row, "target": names[t], "target_index": t, "mufidelity": rho,
+                    "delta_std": float(np.std(delta))})
+    rows = run.rows()
+    ok = [r for r in rows if r["status"] == "ok"]
+    metrics = R.summarise(ok, ["mufidelity"], s.bootstrap, s.seed)
+    R.write_per_image(run.out, rows)
+    counts = {"images": len(rows), "evaluated": len(ok), "skipped": R.skipped_counts(rows)}
+    doc = R.eval_document("mufidelity", settings, counts, metrics, model=run.model,
+                          per_class=R.summarise(ok, ["mufidelity"], s.bootstrap, s.seed, group_key="target"),
+                          files=_files(run.out, per_image="per_image.csv"))
+    R.write_eval_json(run.out, doc)
+    return doc
+
+
+def run_drop(s: Any) -> dict[str, Any]:
+    """`eval drop`: average drop, increase in confidence, average gain (§4)."""
+    import torch
+
+    from xaiclip_cli.metrics import drop as D
+    from xaiclip_cli.metrics import insertion_deletion as ID
+
+    _check_relative_drop(s)
+    settings = {"protocol": "average_drop", "ad_variant": s.ad_variant, "mask_space": s.mask_space,
+                "mask": "map min-max to [0,1] at input size (bilinear)", "gain": "ReLU(O-Y)/(1-Y)",
+                **_model_common(s), "seed": s.seed, "bootstrap": s.bootstrap, "bootstrap_seed": s.seed}
+    run = _ModelRun(s, "drop", settings)
+    for group in run.batches(s.batch_size):
+        by_sc: dict[int, list[int]] = {}
+        for j, g in enumerate(group):
+            by_sc.setdefault(id(g[3]), []).append(j)
+        for js in by_sc.values():
+            sub = [group[j] for j in js]
+            sc = sub[0][3]
+            x = sc.pixels([g[4] for g in sub])
+            tg = _targets(run, sub, x)
+            keep, ms = [], []
+            for j, (it, row, *_r) in enumerate(sub):
+                try:
+                    m = ID.resize_bilinear(ID.channel_mean(it.phi), sc.size)
+                    ID.check_finite(m)
+                except ID.InvalidMap as exc:
+                    run.record({**row, "status": "skipped", "reason": exc.reason})
+                    continue
+                keep.append(j)
+                ms.append(D.minmax(m))
+            if not keep:
+                continue
+            xs = x[keep]
+            mt = torch.as_tensor(np.stack(ms), dtype=xs.dtype, device=xs.device)[:, None]
+            masked = xs * mt if s.mask_space == "normalised" else sc.from_pixel_space(sc.to_pixel_space(xs) * mt)
+            tt = torch.as_tensor([tg[j] for j in keep])
+            y = sc(xs, tt).double().cpu().numpy()
+            o = sc(masked, tt).double().cpu().numpy()
+            vals = D.drop_values(y, o, s.ad_variant)
+            for k, j in enumerate(keep):
+                it, row, names = sub[j][0], sub[j][1], sub[j][2]
+                run.record({**row, "target": names[int(tt[k])], "target_index": int(tt[k]), "Y": float(y[k]),
+                            "O": float(o[k]), **{n: float(v[k]) for n, v in vals.items()}})
+    rows = run.rows()
+    ok = [r for r in rows if r["status"] == "ok"]
+    keys = ["average_drop", "increase_in_confidence", "average_gain"]
+    metrics = R.summarise(ok, keys, s.bootstrap, s.seed)
+    R.write_per_image(run.out, rows)
+    counts = {"images": len(rows), "evaluated": len(ok), "skipped": R.skipped_counts(rows)}
+    doc = R.eval_document("drop", settings, counts, metrics, model=run.model,
+                          per_class=R.summarise(ok, keys, s.bootstrap, s.seed, group_key="target"),
+                          extra={"notes": ["papers report AD and IC x100"]},
+                          files=_files(run.out, per_image="per_image.csv"))
+    R.write_eval_json(run.out, doc)
+    return doc
