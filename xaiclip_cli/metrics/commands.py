@@ -463,6 +463,8 @@ class _ModelRun:
         self.resolver = ImageResolver(s.images, s.dataset, s.split)
         self.resolver.check_counts(self.items)
         self.settings = settings
+        # What the per-image values depend on (the bootstrap only changes the summary, so it may change on resume).
+        guard = {k: v for k, v in settings.items() if k not in ("bootstrap", "bootstrap_seed")}
         out = Path(s.output_dir)
         if (out / "eval.json").exists() and not s.overwrite:
             raise UsageError(f"{out / 'eval.json'} exists; pass --overwrite to replace the results in {out}")
@@ -477,7 +479,7 @@ class _ModelRun:
 
             lines = self.log.read_text(encoding="utf-8").splitlines()
             head = json.loads(lines[0]) if lines else {}
-            if head.get("settings") != json.loads(json.dumps(settings, default=str)):
+            if head.get("settings") != json.loads(json.dumps(guard, default=str)):
                 raise UsageError(f"{self.log} was written with different settings; pass --overwrite to start over")
             for ln in lines[1:]:
                 try:
@@ -488,7 +490,7 @@ class _ModelRun:
         else:
             import json
 
-            self.log.write_text(json.dumps({"settings": settings}, default=str) + "\n", encoding="utf-8")
+            self.log.write_text(json.dumps({"settings": guard}, default=str) + "\n", encoding="utf-8")
         self.backend = _load_backend(s)
         self.scorers: dict[tuple[str, ...], Any] = {}
         self.model = {k: v for k, v in (self.backend.provenance() or {}).items()
