@@ -190,3 +190,25 @@ def test_mufidelity_seeded_and_drop(maps: Path, tmp_path: Path) -> None:
     o = np.array([float(r["O"]) for r in rows.values()])
     assert m["average_drop"] == pytest.approx(np.mean(np.maximum(0, y - o) / y), abs=1e-9)
     assert m["increase_in_confidence"] == pytest.approx(np.mean(o > y), abs=1e-12)
+
+
+def test_sanity_on_toy_vit(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    doc = _run(["eval", "sanity", "--backend", "toy", "--model", "toy-vit", "--device", "cpu", "--threads", "1",
+                "--dataset", "toycells", "--limit", "3", "--method", "layercam", "--checks", "image,prompt",
+                "--pairs", "10", "--bootstrap", "50", "--output-dir", str(out)])
+    full = json.loads((out / "eval.json").read_text())
+    checks = full["extra"]["sanity"]
+    assert set(checks) == {"image_cascading", "prompt_other_text", "prompt_random_tokens"}
+    steps = checks["image_cascading"]["steps"]
+    assert steps[0] == "trained" and steps[1] == "image_proj"  # top-down: projection first
+    assert checks["image_cascading"]["ssim_mean"][0] == 1.0
+    z = np.load(out / "curves.npz")
+    assert z["sim_image_cascading_ssim"].shape == (3, len(steps))
+    v = checks["image_cascading"]["verdict"]["ssim"]
+    assert v["pass"] == (v["final_mean"] <= full["extra"]["band"]["ssim"])
+    assert any(r["check"] == "image_cascading" for r in doc["tables"]["verdicts"])
+    assert (out / "sanity.png").stat().st_size > 1000
+    r = _run(["eval", "sanity", *BASE, "--dataset", "toycells", "--limit", "1", "--output-dir",
+              str(tmp_path / "one")], code=2)
+    assert "at least two images" in r["stderr"]

@@ -102,6 +102,20 @@ class EvalSettings(ModelSelection, RuntimeSettings):
         json_schema_extra={"cli_multiple": True},
     )
 
+    # --- sanity ---
+    method: str = Field("gradcam", description="sanity: CAM method whose maps are checked (see `xaiclip cam methods`).")
+    cam_score: Literal["cosine", "logit", "softmax", "sigmoid", "dot"] = Field(
+        "logit", description="sanity: score the CAM explains (as `cam run --score`)."
+    )
+    target_layer: str | None = Field(None, description="sanity: CAM target layer (default: auto, as cam run).")
+    checks: list[Literal["image", "text", "independent", "prompt"]] = Field(
+        default_factory=lambda: ["image", "text", "independent", "prompt"],
+        description="sanity: image (cascading image tower), text (cascading text tower), independent (one image "
+        "block at a time), prompt (other text and random-token prompt).",
+    )
+    order: Literal["top-down", "bottom-up"] = Field("top-down", description="sanity: cascading order.")
+    pairs: int = Field(50, ge=1, description="sanity: random pairs of different images for the pass band.")
+
     @field_validator("splits")
     @classmethod
     def _check_splits(cls, value: list[str]) -> list[str]:

@@ -755,3 +755,185 @@ def run_drop(s: Any) -> dict[str, Any]:
                           files=_files(run.out, per_image="per_image.csv"))
     R.write_eval_json(run.out, doc)
     return doc
+
+
+# ------------------------------------------------------------------------------------------------------ sanity
+def _sanity_images(s: Any) -> tuple[list[np.ndarray], list[str], list[str] | None]:
+    """(images, keys, class names) from --dataset (first --limit of --split) or --images."""
+    from xaiclip_cli.explain.api import load_image
+
+    n = s.limit or 8
+    if s.dataset:
+        from xaiclip_cli.data.refs import open_source
+
+        src = open_source(s.dataset)
+        size = src.split_sizes().get(s.split, 0)
+        if size == 0:
+            raise UsageError(f"--dataset {s.dataset}: split {s.split!r} is empty")
+        idx = list(range(min(n, size)))
+        return ([src.get(s.split, i).image for i in idx], [f"{s.split}_{i:05d}" for i in idx],
+                [str(c) for c in (src.info().class_names or [])] or None)
+    files: list[Path] = []
+    for p in s.images:
+        p = Path(p)
+        if not p.exists():
+            raise UsageError(f"--images {p}: no such file or folder")
+        files.extend([p] if p.is_file() else sorted(q for q in p.rglob("*") if q.suffix.lower() in
+                                                     (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")))
+    if not files:
+        raise UsageError("no images: give --dataset REF or --images PATH")
+    files = files[:n]
+    return [load_image(f) for f in files], [f.stem for f in files], None
+
+
+def run_sanity(s: Any) -> dict[str, Any]:
+    """`eval sanity`: randomisation and random-prompt checks of a CAM method (metrics.md §9)."""
+    import torch
+
+    from xaiclip_cli.explain.api import CamRunner
+    from xaiclip_cli.metrics import sanity as S
+
+    images, keys, classes = _sanity_images(s)
+    if len(images) < 2:
+        raise UsageError("sanity needs at least two images (the pass band compares maps of different images)")
+    texts = list(s.text) or ([f"a photo of a {c}" for c in classes] if classes else [])
+    if len(texts) < 2:
+        raise UsageError("sanity needs at least two texts: give --text (repeatable) or a --dataset with classes")
+    out = R.prepare_dir(s.output_dir, s.overwrite)
+    backend = _load_backend(s)
+    names = [f"t{i}" for i in range(len(texts))]
+    tmap = dict(zip(names, texts, strict=True))
+    # Targets fixed on the trained model (so every step explains the same text).
+    probe = CamRunner(backend, tmap, s.method, "best", s.target_layer, s.cam_score)
+    with torch.no_grad():
+        g, _ = backend.encode_image(probe.pixels(images))
+        targets = backend.score(g.float(), probe.text_global.float(), "logit").argmax(1).tolist()
+    if s.target not in ("sidecar", "best"):
+        from xaiclip_cli.explain.targets import parse_target
+
+        t = parse_target(s.target, names if not s.target.lstrip("-").isdigit() else names)
+        targets = [int(t)] * len(images)
+    layer = None if s.method == "legrad" else (s.target_layer or probe.resolve_layer(probe.pixels(images[:1])).name)
+
+    used: set[str] = set()
+
+    def maps_for(text_map: dict[str, str], tg: list[int]) -> list[np.ndarray]:
+        res: list[np.ndarray | None] = [None] * len(images)
+        for t in sorted(set(tg)):
+            idx = [i for i, k in enumerate(tg) if k == t]
+            runner = CamRunner(backend, text_map, s.method, int(t), layer, s.cam_score)
+            for i, r in zip(idx, runner.run([images[i] for i in idx], batch_size=8), strict=True):
+                own = min(r.raw.shape) >= S.SSIM_WINDOW  # SSIM's 7x7 window needs a grid at least that big
+                used.add("own grid" if own else "input size (grid smaller than the SSIM window)")
+                res[i] = r.raw if own else r.map
+        return [np.asarray(m, dtype=np.float64) for m in res]
+
+    trained = maps_for(tmap, targets)
+    band = S.random_pair_baseline(trained, s.pairs, s.seed)
+    checks: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {"image": np.asarray(keys, dtype=str)}
+    per_image: list[dict[str, Any]] = [{"image": k, "target": texts[t], "label": "", "status": "ok", "reason": ""}
+                                       for k, t in zip(keys, targets, strict=True)]
+
+    def record(name: str, steps: list[str], sims: dict[str, np.ndarray]) -> None:
+        # Cascading and prompt checks are judged at the last step (everything randomised / the other prompt); the
+        # independent variant has no "fully randomised" step, so it is judged on the mean over its steps.
+        def final(v: np.ndarray) -> np.ndarray:
+            return v[:, 1:].mean(axis=1) if name == "image_independent" else v[:, -1]
+
+        checks[name] = {"steps": steps, **{f"{k}_mean": v.mean(axis=0).tolist() for k, v in sims.items()},
+                        "verdict": {k: S.verdict(final(v), band[k], s.bootstrap, s.seed) for k, v in sims.items()},
+                        "judged_on": "mean over steps" if name == "image_independent" else "last step"}
+        arrays[f"steps_{name}"] = np.asarray(steps, dtype=str)
+        for k, v in sims.items():
+            arrays[f"sim_{name}_{k}"] = v
+            for i, row in enumerate(per_image):
+                row[f"{name}_{k}_final"] = float(final(v)[i])
+
+    def tower_check(name: str, tower: str, independent: bool) -> None:
+        units = S.tower_units(backend, tower)
+        snap = S.Snapshot(backend.model if hasattr(backend, "model") else backend.vision_module())
+        try:
+            steps, maps = S.randomisation_curve(lambda: maps_for(tmap, targets), units, order=s.order,
+                                                independent=independent, seed=s.seed)
+        finally:
+            snap.restore()
+        record(name, steps, S.curve_similarities(steps, maps))
+
+    if "image" in s.checks:
+        tower_check("image_cascading", "image", False)
+    if "text" in s.checks:
+        tower_check("text_cascading", "text", False)
+    if "independent" in s.checks:
+        tower_check("image_independent", "image", True)
+    if "prompt" in s.checks:
+        rng = np.random.Generator(np.random.PCG64(s.seed))
+        other = [int(rng.choice([j for j in range(len(texts)) if j != t])) for t in targets]
+        other_maps = maps_for(tmap, other)
+        # one runner per random prompt and image (prompts differ per target text)
+        rand_maps = []
+        for i, t in enumerate(targets):
+            rp = S.random_token_prompt(backend, texts[t], rng)
+            runner = CamRunner(backend, {**tmap, "random": rp}, s.method, len(texts), layer, s.cam_score)
+            r = runner.run([images[i]])[0]
+            rand_maps.append(np.asarray(r.raw if min(r.raw.shape) >= S.SSIM_WINDOW else r.map, np.float64))
+        sims = {k: np.zeros((len(images), 3)) for k in ("spearman", "ssim")}
+        for i in range(len(images)):
+            for j, m in enumerate((trained[i], other_maps[i], rand_maps[i])):
+                v = S.similarity(m, trained[i])
+                for k in sims:
+                    sims[k][i, j] = v[k]
+        record("prompt_other_text", ["target", "other text"], {k: v[:, :2] for k, v in sims.items()})
+        record("prompt_random_tokens", ["target", "random tokens"], {k: v[:, [0, 2]] for k, v in sims.items()})
+    R.write_curves(out, arrays)
+    _plot_sanity(out, checks, band, s.method)
+    R.write_per_image(out, per_image)
+    metrics = {f"{c}/{k}_final": {"mean": v["verdict"][k]["final_mean"], "ci_low": v["verdict"][k]["ci_low"],
+                                  "ci_high": v["verdict"][k]["ci_high"], "n": len(images)}
+               for c, v in checks.items() for k in ("spearman", "ssim")}
+    table = [{"check": c, "sim": k, "final": v["verdict"][k]["final_mean"], "band": v["verdict"][k]["band"],
+              "margin": v["verdict"][k]["margin"], "pass": v["verdict"][k]["pass"]}
+             for c, v in checks.items() for k in ("ssim", "spearman")]
+    settings = {"protocol": "sanity", "method": s.method, "cam_score": s.cam_score, "layer": layer,
+                "order": s.order, "checks": list(s.checks), "reinit": "reset_parameters per submodule, else "
+                "N(0, 0.02), torch seed = seed + step", "similarity": {"spearman": "scipy spearmanr of |maps|",
+                "ssim": f"skimage structural_similarity, gaussian sigma {S.SSIM_SIGMA:.4f} (7x7), data_range 1, "
+                "min-max maps"}, "map_resolution": sorted(used), "pass_band": f"mean similarity of {s.pairs} seeded "
+                "random pairs of maps of different images (trained model)", "targets": "best text on the trained "
+                "model" if s.target in ("sidecar", "best") else s.target, "seed": s.seed, "bootstrap": s.bootstrap}
+    doc = R.eval_document("sanity", settings, {"images": len(images), "evaluated": len(images), "skipped": {}},
+                          metrics, model={k: v for k, v in (backend.provenance() or {}).items()
+                                          if k in ("backend", "model_id", "model_revision", "sha256")},
+                          extra={"sanity": checks, "band": band, "tables": {"verdicts": table}, "texts": texts},
+                          files=_files(out, per_image="per_image.csv", curves="curves.npz", plot="sanity.png"))
+    R.write_eval_json(out, doc)
+    return doc
+
+
+def _plot_sanity(out: Path, checks: dict[str, Any], band: dict[str, float], method: str) -> None:
+    """sanity.png: mean SSIM and Spearman per randomisation step with the random-pair band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {c: v for c, v in checks.items() if not c.startswith("prompt")}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for ax, k in zip(axes, ("ssim", "spearman"), strict=True):
+        for c, v in curves.items():
+            ax.plot(range(len(v["steps"])), v[f"{k}_mean"], marker="o", ms=3, label=c)
+        for c, v in checks.items():
+            if c.startswith("prompt"):
+                ax.scatter([len(max(curves.values(), key=lambda q: len(q["steps"]))["steps"]) - 1 if curves else 1],
+                           [v[f"{k}_mean"][-1]], marker="x", label=c)
+        if np.isfinite(band[k]):
+            ax.axhline(band[k], color="k", ls="--", lw=1, label="random-pair band")
+        ax.set_xlabel("randomisation step (0 = trained)")
+        ax.set_ylabel(f"{k} to the trained map")
+        ax.set_ylim(top=1.05)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"sanity checks: {method}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "sanity.png")
+    plt.close(fig)
