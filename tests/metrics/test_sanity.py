@@ -72,7 +72,9 @@ def test_ssim_matches_skimage_and_band() -> None:
     a, b = rng.random((16, 16)), rng.random((16, 16))
     ref = structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=6 / 7,
                                 use_sample_covariance=False)
-    mm = (lambda z: (z - z.min()) / (z.max() - z.min()))
+    def mm(z):
+        return (z - z.min()) / (z.max() - z.min())
+
     assert S.ssim(a, b) == pytest.approx(structural_similarity(mm(a), mm(b), data_range=1.0, gaussian_weights=True,
                                                                sigma=6 / 7, use_sample_covariance=False))
     assert ref != 1.0 and S.ssim(a, a) == 1.0

@@ -552,14 +552,12 @@ class _ModelRun:
 
 
 def _targets(run: _ModelRun, group: list[Any], x: Any) -> list[int]:
-    """Target index per image (scores of the unperturbed images decide `best`/fallbacks)."""
+    """Target index per image (one batched forward of the unperturbed images decides `best`/fallbacks)."""
     from xaiclip_cli.metrics.scoring import resolve_target
 
-    out = []
-    for j, (it, _row, names, sc, _img) in enumerate(group):
-        full = sc.scores(x[j:j + 1]).detach().cpu().numpy()[0]
-        out.append(resolve_target(run.s.target, it, names, full))
-    return out
+    full = group[0][3].scores(x).detach().cpu().numpy()  # the group shares one scorer (text set)
+    return [resolve_target(run.s.target, it, names, full[j]) for j, (it, _row, names, _sc, _img) in
+            enumerate(group)]
 
 
 def _check_relative_drop(s: Any) -> None:
@@ -583,7 +581,11 @@ def run_faithfulness(s: Any) -> dict[str, Any]:
                 **_model_common(s), "aggregation": "mean of per-image AUC", "seed": s.seed,
                 "bootstrap": s.bootstrap, "bootstrap_seed": s.seed}
     run = _ModelRun(s, "faithfulness", settings)
-    per = max(1, s.batch_size // (s.steps + 1))  # images whose curves fill about one forward batch
+    import time
+
+    t_loop = time.perf_counter()
+    # Images per group: their 2·(s+1) perturbed inputs fill about four forward batches (few partial batches).
+    per = max(1, (4 * s.batch_size) // (2 * (s.steps + 1)))
     for group in run.batches(per):
         sc_groups: dict[int, list[int]] = {}
         for j, g in enumerate(group):
@@ -611,8 +613,8 @@ def run_faithfulness(s: Any) -> dict[str, Any]:
             xs, bs = x[keep], base[keep]
             rk = torch.stack(ranks).to(xs.device)
             tt = [tg[j] for j in keep]
-            y_del = ID.perturbation_curves(sc, xs, bs, rk, cnts, "deletion", tt, s.batch_size)
-            y_ins = ID.perturbation_curves(sc, xs, bs, rk, cnts, "insertion", tt, s.batch_size)
+            ys = ID.perturbation_curves(sc, xs, bs, rk, cnts, ("deletion", "insertion"), tt, s.batch_size)
+            y_del, y_ins = ys["deletion"], ys["insertion"]
             for k, j in enumerate(keep):
                 it, row, names = sub[j][0], sub[j][1], sub[j][2]
                 xa = ID.x_axis(cnts[k], ns[k])
@@ -621,6 +623,7 @@ def run_faithfulness(s: Any) -> dict[str, Any]:
                        "insertion_auc": ID.auc(cnts[k], ns[k], y_ins[k], s.convention),
                        "score_full": float(y_del[k][0]), "score_baseline": float(y_ins[k][0]), "n_features": ns[k]}
                 run.record(row, x=xa, y_deletion=y_del[k], y_insertion=y_ins[k])
+    loop_s = time.perf_counter() - t_loop
     rows = run.rows()
     ok = [r for r in rows if r["status"] == "ok"]
     metrics = R.summarise(ok, ["insertion_auc", "deletion_auc", "score_full", "score_baseline"], s.bootstrap, s.seed)
@@ -641,8 +644,9 @@ def run_faithfulness(s: Any) -> dict[str, Any]:
     counts = {"images": len(rows), "evaluated": len(ok), "skipped": R.skipped_counts(rows),
               "forwards": sum(sc.forwards for sc in run.scorers.values())}
     per_class = R.summarise(ok, ["insertion_auc", "deletion_auc"], s.bootstrap, s.seed, group_key="target")
+    timing = {"loop_s": loop_s, "model_s": sum(sc.model_seconds for sc in run.scorers.values())}
     doc = R.eval_document("faithfulness", settings, counts, metrics, model=run.model, per_class=per_class,
-                          extra={"notes": [] if len(lengths) <= 1 else
+                          extra={"timing": timing, "notes": [] if len(lengths) <= 1 else
                                  ["maps with different grids give curves of different lengths: curves.npz not "
                                   "written (per-image values in per_image.csv)"]},
                           files=_files(run.out, **files))
