@@ -212,3 +212,32 @@ def test_sanity_on_toy_vit(tmp_path: Path) -> None:
     r = _run(["eval", "sanity", *BASE, "--dataset", "toycells", "--limit", "1", "--output-dir",
               str(tmp_path / "one")], code=2)
     assert "at least two images" in r["stderr"]
+
+
+def test_compare_two_methods_paired(maps: Path, tmp_path: Path) -> None:
+    other = tmp_path / "maps2"
+    other.mkdir()
+    for f in maps.glob("*.json"):
+        side = json.loads(f.read_text())
+        side["method"] = "inv"
+        z = np.load(f.with_suffix(".npz"))
+        stem = f.stem.replace("_rand", "_inv")
+        np.savez(other / f"{stem}.npz", raw=-z["map"], map=-z["map"])
+        (other / f"{stem}.json").write_text(json.dumps(side))
+    for d, name in ((maps, "a"), (other, "b")):
+        _run(["eval", "faithfulness", *BASE, "--maps", str(d), "--steps", "4", "--output-dir", str(tmp_path / name),
+              "--bootstrap", "0"])
+    doc = _run(["eval", "compare", "--results", str(tmp_path / "a"), "--results", str(tmp_path / "b"),
+                "--output-dir", str(tmp_path / "c"), "--bootstrap", "100"])
+    full = json.loads((tmp_path / "c" / "compare.json").read_text())
+    ra, rb = _rows(tmp_path / "a" / "per_image.csv"), _rows(tmp_path / "b" / "per_image.csv")
+    diff = [float(ra[f"test_{i:05d}_rand"]["deletion_auc"]) - float(rb[f"test_{i:05d}_inv"]["deletion_auc"])
+            for i in range(3)]
+    m = full["metrics"]["deletion_auc (A - B)"]
+    assert m["mean"] == pytest.approx(np.mean(diff), abs=1e-9) and m["n"] == 3 and 0 < m["wilcoxon_p"] <= 1
+    assert doc["images"] == 3
+    _run(["eval", "faithfulness", *BASE, "--maps", str(other), "--steps", "6", "--output-dir", str(tmp_path / "b6"),
+          "--bootstrap", "0"])
+    r = _run(["eval", "compare", "--results", str(tmp_path / "a"), "--results", str(tmp_path / "b6"),
+              "--output-dir", str(tmp_path / "c2")], code=2)
+    assert "different settings" in r["stderr"] and "steps" in r["stderr"]

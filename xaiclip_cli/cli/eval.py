@@ -172,3 +172,12 @@ def sanity(s: EvalSettings, ctx: RunContext) -> EvalResult:
     from xaiclip_cli.metrics.commands import run_sanity
 
     return _finish(run_sanity(s), ctx)
+
+
+@settings_command(app, EvalSettings, name="compare", fields=["results", *_COMMON])
+def compare(s: EvalSettings, ctx: RunContext) -> EvalResult:
+    """Paired comparison of two eval results (two methods on the same images): mean difference with its paired
+    bootstrap interval and the Wilcoxon signed-rank p-value per metric; refuses results with different settings."""
+    from xaiclip_cli.metrics.commands import run_compare
+
+    return _finish(run_compare(s), ctx)

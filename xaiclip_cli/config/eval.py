@@ -28,7 +28,8 @@ class EvalSettings(ModelSelection, RuntimeSettings):
     )
     results: list[Path] = Field(
         default_factory=list, description="smdl: attrib OUT folders (items/<target>/<stem>.npz) or reference "
-        "export folders (npy/ + json/); repeat the flag for several.", json_schema_extra={"cli_multiple": True},
+        "export folders (npy/ + json/); compare: two eval result folders. Repeat the flag for several.",
+        json_schema_extra={"cli_multiple": True},
     )
     images: list[Path] = Field(
         default_factory=list, description="Image files/folders paired with maps by file stem (when the map's "

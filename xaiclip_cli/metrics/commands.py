@@ -363,7 +363,7 @@ def run_localization(s: Any) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for it in items:
         row: dict[str, Any] = {"image": it.key, "target": it.target_name or "", "label": "", "status": "ok",
-                               "reason": "", "method": it.method or it.kind}
+                               "reason": "", "method": it.method or it.kind, "image_stem": it.stem}
         if it.phi is None:
             rows.append({**row, "status": "skipped", "reason": it.reason})
             continue
@@ -521,7 +521,7 @@ class _ModelRun:
             if it.key in self.done:
                 continue
             row = {"image": it.key, "target": it.target_name or "", "label": "", "status": "ok", "reason": "",
-                   "method": it.method or it.kind}
+                   "method": it.method or it.kind, "image_stem": it.stem}
             if it.phi is None:
                 self.record({**row, "status": "skipped", "reason": it.reason})
                 continue
@@ -941,3 +941,76 @@ def _plot_sanity(out: Path, checks: dict[str, Any], band: dict[str, float], meth
     fig.tight_layout()
     fig.savefig(out / "sanity.png")
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------ compare
+_NOT_COMPARED = ("image", "image_stem", "target", "label", "status", "reason", "method", "split", "layout",
+                 "target_index", "pred",
+                 "k", "n_features", "tuned_t", "otsu_t", "area_tertile")
+_SETTING_KEYS_IGNORED = ("store",)
+
+
+def _read_result(d: Path) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    import csv
+    import json
+
+    ej, pc = d / "eval.json", d / "per_image.csv"
+    if not ej.is_file() or not pc.is_file():
+        raise UsageError(f"{d}: not an eval result folder (needs eval.json and per_image.csv)")
+    doc = json.loads(ej.read_text(encoding="utf-8"))
+    with open(pc, newline="", encoding="utf-8") as fh:
+        rows = {r["image"]: r for r in csv.DictReader(fh)}
+    return doc, rows
+
+
+def _image_key(name: str, method: str | None) -> str:
+    """The image part of a map key: cam/attrib names end in _<method>_<target>; drop the method to pair images."""
+    if method and f"_{method}_" in name:
+        return name.split(f"_{method}_")[0]
+    return name
+
+
+def run_compare(s: Any) -> dict[str, Any]:
+    """`eval compare A B`: paired comparison of two results on the images they share (metrics.md §11)."""
+    from xaiclip_cli.metrics.bootstrap import check_comparable, paired_comparison
+
+    if len(s.results) != 2:
+        raise UsageError("give exactly two result folders: --results A --results B")
+    (da, ra), (db, rb) = (_read_result(Path(p)) for p in s.results)
+    if da["command"] != db["command"]:
+        raise UsageError(f"cannot compare a {da['command']} result with a {db['command']} result")
+    check_comparable(da["settings"], db["settings"], ignore=_SETTING_KEYS_IGNORED)
+
+    def keyed(rows: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        # Pair by the explained image and target (map names differ between methods).
+        return {f"{r.get('image_stem') or _image_key(k, r.get('method'))}|{r.get('target', '')}": r
+                for k, r in rows.items() if r.get("status", "ok") == "ok"}
+
+    ka, kb = keyed(ra), keyed(rb)
+    shared = sorted(set(ka) & set(kb))
+    if not shared:
+        raise UsageError("the two results share no evaluated image")
+    out = R.prepare_dir(s.output_dir, s.overwrite, ("compare.json",))
+    metrics: dict[str, Any] = {}
+    for col in ka[shared[0]]:
+        if col in _NOT_COMPARED:
+            continue
+        try:
+            a = np.array([float(ka[k][col]) for k in shared])
+            b = np.array([float(kb[k][col]) for k in shared])
+        except (ValueError, KeyError):
+            continue  # empty (undefined) values or a column only one side has
+        metrics[f"{col} (A - B)"] = paired_comparison(a, b, s.bootstrap, s.seed)
+    doc = {"schema": R.SCHEMA, "command": "compare", "settings": {"compared": da["command"], **da["settings"]},
+           "counts": {"images": len(shared), "evaluated": len(shared), "skipped": {},
+                      "only_in_a": len(set(ka) - set(kb)), "only_in_b": len(set(kb) - set(ka))},
+           "metrics": metrics, "extra": {"a": str(s.results[0]), "b": str(s.results[1]),
+                                         "tables": {"paired": [{"metric": k, "mean_diff": v["mean"],
+                                                                "ci_low": v["ci_low"], "ci_high": v["ci_high"],
+                                                                "wilcoxon_p": v["wilcoxon_p"], "n": v["n"]}
+                                                               for k, v in metrics.items()]}},
+           "files": {"dir": str(out), "compare": "compare.json"}}
+    import json
+
+    (out / "compare.json").write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
+    return doc
