@@ -261,23 +261,35 @@ def perturbation_curves(
     arr = np.asarray(cnt, dtype=object) if not isinstance(cnt, np.ndarray) else cnt
     per = list(cnt) if (isinstance(cnt, list) or (isinstance(arr, np.ndarray) and arr.ndim == 2)) else [cnt] * b
     ranks = torch.as_tensor(ranks, device=x.device)
-    tg = list(range(b)) if targets is None else list(targets)
-    jobs = [(i, int(n), m) for m in modes for i in range(b) for n in per[i]]
-    out: dict[str, list[list[float]]] = {m: [[] for _ in range(b)] for m in modes}
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        img = torch.as_tensor([j[0] for j in chunk], device=x.device)
-        thr = torch.as_tensor([j[1] for j in chunk], device=x.device).view(-1, 1, 1)
-        ins = torch.as_tensor([j[2] == "insertion" for j in chunk], device=x.device).view(-1, 1, 1)
-        chosen = ranks[img] < thr  # [b,H,W]: features perturbed at this step
+    tg = np.arange(b) if targets is None else np.asarray(list(targets), dtype=np.int64)
+    # All jobs as arrays (mode-major, then image, then step), built once: the loop only slices them.
+    j_img, j_n, j_ins = [], [], []
+    slots: dict[str, list[slice]] = {m: [] for m in modes}
+    pos = 0
+    for m in modes:
+        for i in range(b):
+            c = np.asarray(per[i], dtype=np.int64)
+            j_img.append(np.full(c.size, i))
+            j_n.append(c)
+            j_ins.append(np.full(c.size, m == "insertion"))
+            slots[m].append(slice(pos, pos + c.size))
+            pos += c.size
+    dev = x.device
+    img_all = torch.as_tensor(np.concatenate(j_img), device=dev)
+    thr_all = torch.as_tensor(np.concatenate(j_n), device=dev)
+    ins_all = torch.as_tensor(np.concatenate(j_ins), device=dev)
+    tg_all = torch.as_tensor(tg, device=dev)[img_all]
+    vals = np.empty(pos, dtype=np.float64)
+    for start in range(0, pos, batch_size):
+        sl = slice(start, min(pos, start + batch_size))
+        img = img_all[sl]
+        chosen = ranks[img] < thr_all[sl].view(-1, 1, 1)  # [b,H,W]: features perturbed at this step
         # deletion: chosen features take the baseline; insertion: the unchosen ones do
-        use_base = (chosen ^ ins).unsqueeze(1)
+        use_base = (chosen ^ ins_all[sl].view(-1, 1, 1)).unsqueeze(1)
         batch = torch.where(use_base, baseline[img], x[img])
-        scores = score_fn(batch, torch.as_tensor([tg[j[0]] for j in chunk], device=x.device))
-        vals = scores.detach().double().cpu().numpy().reshape(-1)
-        for (i, _, m), v in zip(chunk, vals, strict=True):
-            out[m][i].append(float(v))
-    res = {m: [np.asarray(v, dtype=np.float64) for v in out[m]] for m in modes}
+        vals[sl] = score_fn(batch, tg_all[sl]).detach().double().cpu().numpy().reshape(-1)
+    out = {m: [vals[sl_] for sl_ in slots[m]] for m in modes}
+    res = {m: [np.asarray(v, dtype=np.float64).copy() for v in out[m]] for m in modes}
     return res[modes[0]] if isinstance(mode, str) else res
 
 
