@@ -53,7 +53,8 @@ th{background:#f3f5f7;font-weight:600}td .v,td.v{font-variant-numeric:tabular-nu
 .nest{margin-left:10px;border-left:3px solid #eef;padding-left:8px}details{margin:4px 0}
 summary{cursor:pointer;color:#0b5394}
 pre{background:#f6f8fa;padding:6px;overflow:auto;max-height:320px;font-size:11px}
-.prov{display:flex;flex-wrap:wrap;gap:12px}.prov>div{flex:1 1 380px;min-width:320px}
+.prov{display:flex;flex-wrap:wrap;gap:12px}.prov>div{flex:1 1 380px;min-width:320px;max-width:100%}
+.prov table{max-width:100%}.prov td{overflow-wrap:anywhere}
 .kind{display:inline-block;padding:0 6px;border-radius:3px;background:#def;color:#034;font-size:11px;margin-right:6px}
 .warn{color:#8a4b00}.fig{max-width:100%;height:auto;border:1px solid #eee}#controls{margin:6px 0 10px}
 #controls select{font-size:12px;margin-right:8px}#gallery{display:flex;flex-wrap:wrap;gap:8px}
@@ -143,12 +144,14 @@ def merge_items(sources: Sequence[Source]) -> tuple[list[Item], list[str]]:
             tgt.pictures.extend(p for p in it.pictures
                                 if not (p.caption == "input" and any(q.caption == "input" for q in tgt.pictures)))
             tgt.curves.extend(it.curves)
+            if it.curves:
+                tgt.curve_groups.setdefault(src.short, []).extend(it.curves)
             for k, v in it.info.items():
                 tgt.info.setdefault(k, v)
             if tgt.mask is None and it.mask is not None:
                 tgt.mask = it.mask
             for m, v in it.metrics.items():
-                name = m if len(owners[m]) == 1 else f"{src.label}: {m}"
+                name = m if len(owners[m]) == 1 else f"{src.short}: {m}"
                 tgt.metrics[name] = v
                 if name not in metrics:
                     metrics.append(name)
@@ -214,7 +217,12 @@ def _card(it: Item, thumb: int, counters: dict[str, int], sort_by: str | None) -
     from xaiclip_cli.viz.thumbs import sparkline_svg
 
     pics = _picture_html(it, thumb, counters)
-    spark = sparkline_svg(it.curves[:6], width=max(120, thumb + 24), height=64) if it.curves else ""
+    sparks = []
+    for group, curves in list(it.curve_groups.items())[:4]:
+        svg = sparkline_svg(curves[:4], width=max(110, thumb + 14), height=60)
+        if svg:
+            sparks.append(f'<figure>{svg}<figcaption title="{esc(group)}">{esc(group)}</figcaption></figure>')
+    spark = f'<div class="pics">{"".join(sparks)}</div>' if sparks else ""
     rows = "".join(
         f'<tr data-metric="{esc(m)}"{" class=sorted" if m == sort_by else ""}><th>{esc(m)}</th>'
         f'<td><span class="v" data-value="{esc(repr(v))}">{esc(fmt(v))}</span></td></tr>'
@@ -246,7 +254,9 @@ def _provenance_html(src: Source) -> str:
 def _results_html(src: Source) -> str:
     if not src.results:
         return ""
-    body = render_dict(src.results, None)
+    # Versions and model identity are in the provenance header already.
+    shown = {k: v for k, v in src.results.items() if k not in ("versions", "lib_versions", "provenance")}
+    body = render_dict(shown, None)
     return f'<section><h2><span class="kind">{esc(src.kind)}</span>{esc(src.label)}</h2>{body}</section>'
 
 
@@ -264,7 +274,7 @@ def _dataset_curves(sources: Sequence[Source]) -> dict[str, dict[str, tuple[np.n
             for name, pairs in per.items():
                 if len({len(y) for _, y in pairs}) == 1:
                     xs = np.stack([x for x, _ in pairs])
-                    out.setdefault(name, {})[src.label] = (xs, np.stack([y for _, y in pairs]))
+                    out.setdefault(f"recorded {name} (attrib)", {})[src.label] = (xs, np.stack([y for _, y in pairs]))
     return out
 
 
@@ -357,6 +367,7 @@ def build_report(runs: Sequence[Path], out: Path, *, max_images: int = 200, thum
     for s in sources:  # two folders with the same name keep distinct labels
         seen[s.label] = seen.get(s.label, 0) + 1
         if seen[s.label] > 1:
+            s.short = f"{s.short} #{seen[s.label]}"
             s.label = f"{s.label} #{seen[s.label]}"
     doc, info = render_html(sources, max_images=max_images, thumb=thumb, sort_by=sort_by)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -212,19 +212,40 @@ def render_value(value: Any, title: str, depth: int = 0, labels: Sequence[str] |
     return kv_table([(title, value)])
 
 
+def _has(value: Any, test: Any) -> bool:
+    """Whether ``test`` holds for ``value`` or anything nested in it."""
+    if test(value):
+        return True
+    if isinstance(value, Mapping):
+        return any(_has(v, test) for v in value.values())
+    if isinstance(value, list):
+        return any(_has(v, test) for v in value[:50])
+    return False
+
+
+def _same_columns(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Records share their keys (a breakdown such as per class), rather than being unrelated blocks."""
+    keys = [set(r) for r in rows]
+    union = set().union(*keys)
+    common = set.intersection(*keys)
+    return bool(common) and len(common) * 2 >= len(union)
+
+
 def render_dict(d: Mapping[str, Any], title: str | None, depth: int = 0) -> str:
-    """A dict: its scalars as key/value rows, statistics as one metric table, then each nested block in turn."""
+    """A dict: statistics first (one metric table), then key/value rows, then each nested block; blocks holding no
+    statistic or matrix (settings, versions) are collapsed."""
     if not d:
         return ""
     labels = next((d[k] for k in LABEL_KEYS if isinstance(d.get(k), list) and all(is_scalar(x) for x in d[k])), None)
     values = list(d.values())
     if all(is_stat(v) for v in values):
         return stats_table(d, title)
-    if len(values) > 1 and all(_is_flat(v) and not is_stat(v) for v in values):
+    if len(values) > 1 and all(_is_flat(v) and not is_stat(v) for v in values) and _same_columns(values):
         keys = [str(k) for k in d]
         return records_table(list(values), title, index="", keys=keys)
     scalars = [(k, v) for k, v in d.items() if (is_scalar(v) or (isinstance(v, list) and not is_matrix(v) and all(
         is_scalar(x) for x in v)))]
+    scalar_keys = {k for k, _ in scalars}
     stats = {k: v for k, v in d.items() if is_stat(v)}
     out = []
     if title:
@@ -234,13 +255,18 @@ def render_dict(d: Mapping[str, Any], title: str | None, depth: int = 0) -> str:
         out.append(stats_table(stats))
     if scalars:
         out.append(kv_table(scalars))
-    for k, v in d.items():
-        if is_scalar(v) or k in stats or any(k == s for s, _ in scalars):
-            continue
+    nested = [(k, v) for k, v in d.items() if k not in scalar_keys and k not in stats]
+    important = [(k, v) for k, v in nested if _has(v, lambda x: is_stat(x) or is_matrix(x))]
+    rest = [(k, v) for k, v in nested if not any(k == i for i, _ in important)]
+    for k, v in important:
         block = render_value(v, str(k), depth + 1, labels)
         if isinstance(v, Mapping) and not all(is_stat(x) for x in v.values()):
             block = f'<div class="nest">{block}</div>'
         out.append(block)
+    for k, v in rest:
+        inner = render_value(v, "", depth + 1, labels) if isinstance(v, Mapping) else render_value(
+            v, str(k), depth + 1, labels)
+        out.append(f'<details class="nest"><summary>{esc(k)}</summary>{inner}</details>')
     return "".join(out)
 
 
@@ -266,6 +292,7 @@ def comparison_table(per_source: Mapping[str, Mapping[str, Mapping[str, Any]]]) 
     shared = [p for p in paths if sum(p in s for s in per_source.values()) >= 2]
     if not shared:
         return ""
+    names = [n for n in names if any(p in per_source[n] for p in shared)]
     head = "<tr><th>metric</th>" + "".join(f"<th>{esc(n)}</th>" for n in names) + "</tr>"
     rows = []
     for p in shared:
@@ -321,6 +348,7 @@ def curves_figure(curves: Mapping[str, Mapping[str, tuple[np.ndarray | None, np.
                 ax.fill_between(xx, lo, hi, color=colour, alpha=0.2, lw=0)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("fraction" if "sanity" not in name.lower() else "step", fontsize=8)
+        ax.set_ylabel("score", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")

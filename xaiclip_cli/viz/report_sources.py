@@ -47,6 +47,7 @@ class Item:
     metrics: dict[str, float] = field(default_factory=dict)
     info: dict[str, str] = field(default_factory=dict)
     mask: Loader | None = None  # ground-truth region: its outline is drawn over the input picture
+    curve_groups: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = field(default_factory=dict)  # by input
 
 
 @dataclass
@@ -62,6 +63,10 @@ class Source:
     curves: dict[str, tuple[np.ndarray | None, np.ndarray]] = field(default_factory=dict)
     items: list[Item] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    short: str = ""  # label prefixed to per-image metric names that two inputs share (default: label)
+
+    def __post_init__(self) -> None:
+        self.short = self.short or self.label
 
 
 def detect_kind(path: Path) -> str:
@@ -308,24 +313,23 @@ def _read_cam(path: Path, datasets: DatasetCache) -> Source:
 
 # ---------------------------------------------------------------------------------------------------- attrib
 def _attrib_curves(z: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Recorded insertion/deletion curves of one attrib item (metrics.md §1 axes), when its keys are there."""
-    out: list[tuple[str, np.ndarray, np.ndarray]] = []
+    """Recorded insertion/deletion curves of one attrib item, on the axes of ``smdl.results.recorded_auc``.
+
+    Insertion: x = area_ins, y = [1 − collaboration_k] + consistency; deletion: x = area_del,
+    y = [consistency_k] + (1 − collaboration) (metrics.md §1).
+    """
     keys = set(z.files)
-    if {"consistency", "area_ins"} <= keys:
-        y0 = float(z["p_black"]) if "p_black" in keys else float("nan")
-        y = np.concatenate([[y0], np.asarray(z["consistency"], float)])
-        x = np.asarray(z["area_ins"], float)
-        if x.size == y.size:
-            out.append(("insertion", x, y))
-    if {"collaboration", "area_del"} <= keys:
-        y0 = float(z["p_full"]) if "p_full" in keys else float("nan")
-        y = np.concatenate([[y0], 1.0 - np.asarray(z["collaboration"], float)])
-        x = np.asarray(z["area_del"], float)
-        if x.size and x[0] > x[-1]:  # a remaining-pixel fraction: the deletion x axis is one minus it
-            x = 1.0 - x
-        if x.size == y.size:
-            out.append(("deletion", x, y))
-    return out
+    if not {"consistency", "collaboration", "area_ins", "area_del"} <= keys:
+        return []
+    cons = np.asarray(z["consistency"], float).reshape(-1)
+    colla = np.asarray(z["collaboration"], float).reshape(-1)
+    x_ins = np.asarray(z["area_ins"], float).reshape(-1)
+    x_del = np.asarray(z["area_del"], float).reshape(-1)
+    k = cons.size
+    if k < 1 or colla.size != k or x_ins.size != k + 1 or x_del.size != k + 1:
+        return []
+    return [("insertion", x_ins, np.concatenate([[1.0 - colla[-1]], cons])),
+            ("deletion", x_del, np.concatenate([[cons[-1]], 1.0 - colla]))]
 
 
 def _read_attrib(path: Path, datasets: DatasetCache) -> Source:
@@ -375,7 +379,7 @@ def _read_attrib(path: Path, datasets: DatasetCache) -> Source:
 
             item.pictures.append(Picture(f"attrib order · {target}" if target else "attrib order", order_pic, "png"))
         for name, x, y in curves:
-            item.curves.append((f"attrib {name}", x, y))
+            item.curves.append((name, x, y))
             area = float(np.trapezoid(y, x)) if np.all(np.isfinite(y)) else None
             if area is not None:
                 item.metrics[f"attrib {name} AUC (recorded)"] = area
@@ -457,7 +461,7 @@ def _read_eval(path: Path, datasets: DatasetCache) -> Source:
     if not isinstance(doc, dict):
         raise UsageError(f"{path / 'eval.json'}: expected a JSON object")
     label = str(doc.get("command") or doc.get("metric") or doc.get("kind") or path.name)
-    src = Source("eval", path, path.name if label == path.name else f"{path.name} ({label})")
+    src = Source("eval", path, path.name if label == path.name else f"{path.name} ({label})", short=path.name)
     src.provenance = _provenance_of(doc)
     for key in ("settings", "config", "resolved", "protocol"):
         if isinstance(doc.get(key), dict):
