@@ -30,9 +30,13 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 
 def make_cam_run(out: Path, n: int = 3, method: str = "gradcam") -> Path:
     """A real `cam run` on ``n`` toy cells with the shipped toy CNN (maps, overlays, sidecars, manifest)."""
-    proc = run_cli("cam", "run", "--dataset", "toycells", "--limit", str(n), "--model", "toy-cnn", "--cpu",
-                   "--method", method, "--output-dir", str(out), "--threads", "1", "--quiet")
-    assert proc.returncode == 0, proc.stderr
+    from typer.testing import CliRunner
+
+    from xaiclip_cli.cli.main import app
+
+    r = CliRunner().invoke(app, ["cam", "run", "--dataset", "toycells", "--limit", str(n), "--model", "toy-cnn",
+                                 "--cpu", "--method", method, "--output-dir", str(out), "--threads", "1", "--quiet"])
+    assert r.exit_code == 0, r.stderr
     return out
 
 

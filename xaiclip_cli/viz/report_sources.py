@@ -377,7 +377,9 @@ def _read_attrib(path: Path, datasets: DatasetCache) -> Source:
                 base = load_image() if load_image is not None else None
                 return region_order_image(labels, order.tolist(), base)
 
-            item.pictures.append(Picture(f"attrib order · {target}" if target else "attrib order", order_pic, "png"))
+            # PNG keeps flat region colours small; blended over a photograph JPEG is several times smaller.
+            fmt = "png" if load_image is None else "jpeg"
+            item.pictures.append(Picture(f"attrib order · {target}" if target else "attrib order", order_pic, fmt))
         for name, x, y in curves:
             item.curves.append((name, x, y))
             area = float(np.trapezoid(y, x)) if np.all(np.isfinite(y)) else None

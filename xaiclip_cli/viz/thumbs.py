@@ -34,7 +34,7 @@ def thumbnail(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize(new, Image.BILINEAR))
 
 
-def data_uri(image: np.ndarray, fmt: str = "jpeg", quality: int = 85) -> str:
+def data_uri(image: np.ndarray, fmt: str = "jpeg", quality: int = 80) -> str:
     """Encode a uint8 RGB array as a ``data:`` URI (JPEG for photographs, PNG for flat colours)."""
     buf = io.BytesIO()
     pil = Image.fromarray(as_rgb(image))

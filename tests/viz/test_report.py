@@ -1,0 +1,300 @@
+"""The HTML report: rendered from a real toy `cam run` plus eval/attrib folders, opened in headless Chromium.
+
+The browser test checks what a reader on an air-gapped laptop depends on: every image decodes, the tables hold the
+values of eval.json, no console error, no request leaves the file, sorting reorders the gallery, the page is not
+blank. Skipped (with the reason) only when chromium/chromedriver/selenium are absent.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.viz.report_inputs import (
+    make_cam_run,
+    numeric_leaves,
+    write_attrib_run,
+    write_faithfulness_eval,
+    write_zeroshot_eval,
+)
+from xaiclip_cli.errors import UsageError
+from xaiclip_cli.viz.report import (
+    CHROMIUM_FLAGS,
+    build_report,
+    find_chromium,
+    lower_is_better,
+    order_items,
+    screenshot,
+)
+from xaiclip_cli.viz.report_sections import render_dict, stats_table
+from xaiclip_cli.viz.report_sources import Item, detect_kind
+from xaiclip_cli.viz.thumbs import draw_contour, region_order_image, sparkline_svg
+
+KEYS = [f"test_{i:05d}" for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("report_inputs")
+    cam = make_cam_run(root / "cam", n=len(KEYS))
+    docs = {
+        "eval_gradcam": write_faithfulness_eval(root / "eval_gradcam", KEYS, seed=0),
+        "eval_scorecam": write_faithfulness_eval(root / "eval_scorecam", KEYS, seed=5, method="scorecam"),
+        "eval_zs": write_zeroshot_eval(root / "eval_zs"),
+    }
+    attrib = write_attrib_run(root / "attrib", KEYS, root / "attrib_images")
+    runs = [cam, *(root / k for k in docs), attrib]
+    return {"root": root, "runs": runs, "docs": docs}
+
+
+@pytest.fixture(scope="module")
+def report(inputs: dict[str, Any]) -> dict[str, Any]:
+    out = inputs["root"] / "report.html"
+    summary = build_report(inputs["runs"], out)
+    return {"out": out, "summary": summary, "html": out.read_text(encoding="utf-8")}
+
+
+# ------------------------------------------------------------------------------------------- without a browser
+def test_report_joins_every_input_by_image(report: dict[str, Any]) -> None:
+    s = report["summary"]
+    assert [i["kind"] for i in s["inputs"]] == ["cam", "eval", "eval", "eval", "attrib"]
+    assert s["gallery_items"] == len(KEYS) and s["gallery_shown"] == len(KEYS)
+    # Metric names both eval folders share are told apart by folder; names only one input has stay as they are.
+    assert "eval_gradcam: insertion_auc" in s["metrics"] and "eval_scorecam: deletion_auc" in s["metrics"]
+    assert "gradcam score" in s["metrics"] and "attrib insertion AUC (recorded)" in s["metrics"]
+    assert s["sort_by"] == "eval_gradcam: insertion_auc"
+    html = report["html"]
+    # Input + overlay (cam), region order (attrib) per image, one mean-curve figure; the mask outline is drawn.
+    assert len(re.findall(r'<img [^>]*src="data:image/', html)) == 3 * len(KEYS) + 1
+    assert html.count("<figcaption title=\"input + mask\">") == len(KEYS)
+    assert "Method vs method" in html and "confusion_matrix" in html
+    assert not re.search(r"https?://", html)
+    assert "Content-Security-Policy" in html and "default-src 'none'" in html
+
+
+def test_gallery_starts_worst_first(report: dict[str, Any], inputs: dict[str, Any]) -> None:
+    ins = {}
+    for line in (inputs["root"] / "eval_gradcam" / "per_image.csv").read_text().splitlines()[1:]:
+        key, _, a, _ = line.split(",")
+        ins[key] = float(a)
+    cards = re.findall(r'<div class="card" data-key="([^"]+)"', report["html"])
+    assert cards == sorted(ins, key=ins.get)  # insertion: low is bad, so ascending
+
+
+def test_attrib_recorded_auc_matches_smdl_axes(report: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """attrib's per-image AUC uses smdl.results.recorded_auc's axes (metrics.md §1), computed here by hand."""
+    from sklearn.metrics import auc
+
+    npz = next((inputs["root"] / "attrib" / "items").rglob("*.npz"))
+    with np.load(npz) as z:
+        cons, colla = z["consistency"].astype(float), z["collaboration"].astype(float)
+        want_ins = auc(z["area_ins"].astype(float), np.concatenate([[1 - colla[-1]], cons]))
+        want_del = auc(z["area_del"].astype(float), np.concatenate([[cons[-1]], 1 - colla]))
+    card = re.search(rf'data-key="{npz.stem}" data-m="([^"]+)"', report["html"])
+    assert card is not None
+    metrics = json.loads(card.group(1).replace("&quot;", '"'))
+    assert metrics["attrib insertion AUC (recorded)"] == pytest.approx(want_ins, abs=1e-6)
+    assert metrics["attrib deletion AUC (recorded)"] == pytest.approx(want_del, abs=1e-6)
+
+
+def test_stats_render_mean_and_interval() -> None:
+    html = stats_table({"insertion_auc": {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 10}})
+    assert 'data-value="0.5"' in html and 'data-value="0.4"' in html and 'data-value="0.6"' in html
+    assert "95 % interval" in html and ">n<" in html
+    # No interval (B = 0 or one image): a dash, no invented bounds.
+    html = stats_table({"m": {"mean": 0.5, "ci_low": None, "ci_high": None}})
+    assert "<td>-</td>" in html
+
+
+def test_unknown_keys_render_generically() -> None:
+    doc = {"new_metric": {"mean": 1.25, "ci": [1.0, 1.5]}, "notes": "x<y", "nested": {"a": {"b": {"c": 7}}},
+           "records": [{"method": "m1", "p": 0.03}, {"method": "m2", "p": 0.5}], "flags": [True, False]}
+    html = render_dict(doc, None)
+    for v in ("1.25", "1.0", "1.5", "7", "0.03", "0.5"):
+        assert f'data-value="{v}"' in html, v
+    assert "x&lt;y" in html and "<y" not in html  # escaped
+
+
+def test_lower_is_better_and_order() -> None:
+    assert lower_is_better("deletion_auc") and lower_is_better("average drop")
+    assert not lower_is_better("insertion_auc") and not lower_is_better("pointing_game")
+    items = [Item("a", metrics={"deletion_auc": 0.1}), Item("b", metrics={"deletion_auc": 0.9}), Item("c")]
+    assert [i.key for i in order_items(items, "deletion_auc")] == ["b", "a", "c"]  # worst (high) first, missing last
+
+
+def test_region_order_and_contour_pictures() -> None:
+    from xaiclip_cli.viz.colormap import apply_colormap
+
+    labels = np.repeat(np.repeat(np.arange(4).reshape(2, 2), 8, axis=0), 8, axis=1)
+    pic = region_order_image(labels, [3, 0], None)
+    first = apply_colormap(np.zeros((1, 1)), "viridis_r")[0, 0]
+    second = apply_colormap(np.ones((1, 1)), "viridis_r")[0, 0]
+    assert np.array_equal(pic[12, 12], first) and np.array_equal(pic[4, 4], second)
+    assert np.array_equal(pic[4, 12], [128, 128, 128])  # never selected
+    img = np.zeros((32, 32, 3), np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 1
+    out = draw_contour(img, mask)
+    drawn = out.any(axis=2)
+    assert drawn[8, 8:24].all() and drawn[8:24, 8].all() and not drawn[16, 16] and not drawn[2, 2]
+    svg = sparkline_svg([("insertion", np.linspace(0, 1, 5), np.linspace(0, 1, 5))])
+    assert svg.count("<polyline") == 1 and "http" not in svg
+
+
+def test_bad_inputs(tmp_path: Path, inputs: dict[str, Any]) -> None:
+    with pytest.raises(UsageError, match="not found"):
+        detect_kind(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="not a cam, attrib or eval output folder"):
+        detect_kind(tmp_path / "empty")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UsageError, match="not a store file"):
+        detect_kind(tmp_path / "notes.txt")
+    bad = tmp_path / "bad_eval"
+    bad.mkdir()
+    (bad / "eval.json").write_text("{not json")
+    with pytest.raises(UsageError, match="eval.json: not readable JSON"):
+        build_report([bad], tmp_path / "r.html")
+    (bad / "eval.json").write_text("[1, 2]")
+    with pytest.raises(UsageError, match="expected a JSON object"):
+        build_report([bad], tmp_path / "r.html")
+    with pytest.raises(UsageError, match="no inputs"):
+        build_report([], tmp_path / "r.html")
+    with pytest.raises(UsageError, match="no such per-image metric"):
+        build_report(inputs["runs"][1:2], tmp_path / "r.html", sort_by="nope")
+    (tmp_path / "exists.html").write_text("keep me")
+    with pytest.raises(UsageError, match="--overwrite"):
+        build_report(inputs["runs"][1:2], tmp_path / "exists.html")
+    assert (tmp_path / "exists.html").read_text() == "keep me"
+    with pytest.raises(UsageError, match="is a folder"):
+        build_report(inputs["runs"][1:2], tmp_path)
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_damaged_parts_become_warnings(tmp_path: Path, inputs: dict[str, Any]) -> None:
+    """A broken manifest line, a deleted overlay and a broken attrib npz lose only themselves."""
+    cam = tmp_path / "cam"
+    shutil.copytree(inputs["runs"][0], cam)
+    with open(cam / "manifest.jsonl", "a", encoding="utf-8") as fh:
+        fh.write("{broken\n")
+    # The manifest records absolute folders: point it at the copy, then delete one overlay.
+    text = (cam / "manifest.jsonl").read_text().replace(str(inputs["runs"][0]), str(cam))
+    (cam / "manifest.jsonl").write_text(text)
+    next(cam.rglob("*_overlay.png")).unlink()
+    attrib = tmp_path / "attrib"
+    shutil.copytree(inputs["runs"][-1], attrib)
+    next((attrib / "items").rglob("*.npz")).write_bytes(b"not a zip")
+    s = build_report([cam, attrib], tmp_path / "r.html")
+    text = " ".join(s["warnings"])
+    assert "1 unreadable manifest line" in text and "unreadable npz" in text and "could not be read" in text
+    assert s["gallery_items"] == len(KEYS)
+
+
+def test_size_cap_300_items(tmp_path: Path) -> None:
+    """300 images with pictures: only --max-images get thumbnails, the rest are names, the file stays small."""
+    keys = [f"img_{i:04d}" for i in range(300)]
+    rng = np.random.default_rng(0)
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    for k in keys:
+        Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(img_dir / f"{k}.png")
+    ev = tmp_path / "eval"
+    write_faithfulness_eval(ev, keys, seed=3)
+    rows = (ev / "per_image.csv").read_text().splitlines()
+    rows = ["path" + rows[0][len("image"):]] + [
+        str(img_dir / f"{r.split(',', 1)[0]}.png") + "," + r.split(",", 1)[1] for r in rows[1:]]
+    (ev / "per_image.csv").write_text("\n".join(rows) + "\n")
+    attrib = write_attrib_run(tmp_path / "attrib", keys, tmp_path / "attrib_images")
+    out = tmp_path / "big.html"
+    s = build_report([ev, attrib], out, max_images=200)
+    html = out.read_text()
+    assert s["gallery_items"] == 300 and s["gallery_shown"] == 200
+    assert html.count('<div class="card"') == 200
+    # input + region order per shown item, and one figure
+    assert len(re.findall(r'<img [^>]*src="data:image/', html)) == 2 * 200 + 1
+    assert len(re.findall(r"<li>img_\d{4}", html)) == 100
+    # Measured 2.64 MB (224 px noise images: the worst case for JPEG; real cells are ~half); bound with room.
+    assert out.stat().st_size < 4_000_000, out.stat().st_size
+
+
+# ------------------------------------------------------------------------------------------- in the browser
+def _driver(profile: Path) -> Any:
+    chromium = find_chromium()
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip("chromium/chromedriver not installed (CI installs Debian's chromium in .ci/run)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e '.[dev]')")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for flag in CHROMIUM_FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument(f"--user-data-dir={profile}")
+    opts.add_argument("--window-size=1280,2000")
+    opts.binary_location = chromium
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(executable_path=driver_path), options=opts)
+
+
+def test_report_in_headless_chromium(report: dict[str, Any], inputs: dict[str, Any], tmp_path: Path) -> None:
+    driver = _driver(tmp_path / "profile")
+    try:
+        driver.get(report["out"].resolve().as_uri())
+        state = driver.execute_script("return document.readyState")
+        assert state == "complete"
+        imgs = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        assert len(imgs) == 3 * len(KEYS) + 1
+        assert all(c and w > 0 and h > 0 for c, w, h in imgs), imgs
+        # No request leaves the file: every resource the page loaded is a data: URI.
+        resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert all(r.startswith("data:") for r in resources), resources
+        # The tables hold every number of each eval.json's metrics and per-class blocks (exact values).
+        shown = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#results [data-value]')).map(e => e.dataset.value)")
+        shown_values = {float(v) for v in shown if v not in ("nan", "inf", "-inf")}
+        for name, doc in inputs["docs"].items():
+            blocks = {k: doc[k] for k in ("metrics", "per_class", "splits") if k in doc}
+            for path, value in numeric_leaves(blocks):
+                assert value in shown_values, f"{name}: {path} = {value} not in the report's tables"
+        # Sorting: pick deletion (high is bad) and the DOM order follows it; descending by default.
+        order0 = driver.execute_script("return Array.from(document.querySelectorAll('.card')).map(c => c.dataset.key)")
+        from selenium.webdriver.support.ui import Select
+
+        Select(driver.find_element("id", "sortby")).select_by_value("eval_gradcam: deletion_auc")
+        order1 = driver.execute_script("return Array.from(document.querySelectorAll('.card')).map(c => c.dataset.key)")
+        dels = {}
+        for line in (inputs["root"] / "eval_gradcam" / "per_image.csv").read_text().splitlines()[1:]:
+            key, _, _, d = line.split(",")
+            dels[key] = float(d)
+        assert order1 == sorted(dels, key=lambda k: -dels[k])
+        assert sorted(order0) == sorted(order1)
+        assert driver.find_element("id", "sortdir").get_attribute("value") == "desc"
+        Select(driver.find_element("id", "sortdir")).select_by_value("asc")
+        order2 = driver.execute_script("return Array.from(document.querySelectorAll('.card')).map(c => c.dataset.key)")
+        assert order2 == order1[::-1]
+        png = driver.get_screenshot_as_png()
+        logs = driver.get_log("browser")
+    finally:
+        driver.quit()
+    errors = [entry for entry in logs if entry.get("level") == "SEVERE"]
+    assert not errors, errors
+    arr = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
+    assert arr.shape[0] > 100 and arr.std() > 10.0  # not blank
+    assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 500  # pictures drawn, not just flat boxes
+
+
+def test_screenshot_helper(report: dict[str, Any], tmp_path: Path) -> None:
+    if find_chromium() is None:
+        pytest.skip("chromium not installed (CI installs Debian's chromium in .ci/run)")
+    png = screenshot(report["out"], tmp_path / "shot.png", width=1000, height=900)
+    arr = np.asarray(Image.open(png).convert("RGB"), dtype=np.float32)
+    assert arr.shape[:2] == (900, 1000) and arr.std() > 10.0
