@@ -198,6 +198,34 @@ def test_damaged_parts_become_warnings(tmp_path: Path, inputs: dict[str, Any]) -
     assert s["gallery_items"] == len(KEYS)
 
 
+def test_localization_masks_outlined(tmp_path: Path) -> None:
+    """An eval folder that names its --masks folder: each image's mask outline is drawn on its input."""
+    keys = ["a", "b"]
+    img_dir, mask_dir = tmp_path / "images", tmp_path / "masks"
+    img_dir.mkdir()
+    mask_dir.mkdir()
+    for k in keys:
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img_dir / f"{k}.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask).save(mask_dir / "a_mask.png")  # only a has a mask
+    ev = tmp_path / "eval"
+    doc = write_faithfulness_eval(ev, keys, seed=4)
+    doc["settings"]["masks"] = str(mask_dir)
+    (ev / "eval.json").write_text(json.dumps(doc))
+    rows = (ev / "per_image.csv").read_text().splitlines()
+    rows = ["path" + rows[0][len("image"):]] + [str(img_dir / f"{r.split(',', 1)[0]}.png") + "," + r.split(",", 1)[1]
+                                                for r in rows[1:]]
+    (ev / "per_image.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "r.html"
+    build_report([ev], out, thumb=32)
+    html = out.read_text()
+    card_a = html[html.index('data-key="a"'):html.index('data-key="b"')] if html.index('data-key="a"') < html.index(
+        'data-key="b"') else html[html.index('data-key="a"'):]
+    assert '<figcaption title="input + mask">' in card_a
+    assert html.count('<figcaption title="input + mask">') == 1
+
+
 def test_size_cap_300_items(tmp_path: Path) -> None:
     """300 images with pictures: only --max-images get thumbnails, the rest are names, the file stays small."""
     keys = [f"img_{i:04d}" for i in range(300)]
@@ -281,6 +309,15 @@ def test_report_in_headless_chromium(report: dict[str, Any], inputs: dict[str, A
         Select(driver.find_element("id", "sortdir")).select_by_value("asc")
         order2 = driver.execute_script("return Array.from(document.querySelectorAll('.card')).map(c => c.dataset.key)")
         assert order2 == order1[::-1]
+        # Clicking a metric's name in a card sorts by it, worst first (insertion: ascending).
+        driver.find_element("css selector", '.card th[data-sort="eval_scorecam: insertion_auc"]').click()
+        order3 = driver.execute_script("return Array.from(document.querySelectorAll('.card')).map(c => c.dataset.key)")
+        ins = {}
+        for line in (inputs["root"] / "eval_scorecam" / "per_image.csv").read_text().splitlines()[1:]:
+            key, _, a, _ = line.split(",")
+            ins[key] = float(a)
+        assert order3 == sorted(ins, key=ins.get)
+        assert driver.find_element("id", "sortby").get_attribute("value") == "eval_scorecam: insertion_auc"
         png = driver.get_screenshot_as_png()
         logs = driver.get_log("browser")
     finally:

@@ -62,7 +62,7 @@ pre{background:#f6f8fa;padding:6px;overflow:auto;max-height:320px;font-size:11px
 .card .ttl{font-weight:600;font-size:12px;margin-bottom:3px}.card .sub{color:#555;font-size:11px}
 .pics{display:flex;gap:4px;flex-wrap:wrap}figure{margin:0;text-align:center}
 figcaption{font-size:10px;color:#444;max-width:120px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.mini{font-size:11px;margin:3px 0 0}.mini th{font-weight:400;background:#fafafa}
+.mini{font-size:11px;margin:3px 0 0}.mini th{font-weight:400;background:#fafafa;cursor:pointer}
 .spark{display:block;margin-top:3px}.sorted{outline:2px solid #D55E00}.rest{columns:4 200px;font-size:11px}
 """
 
@@ -224,7 +224,8 @@ def _card(it: Item, thumb: int, counters: dict[str, int], sort_by: str | None) -
             sparks.append(f'<figure>{svg}<figcaption title="{esc(group)}">{esc(group)}</figcaption></figure>')
     spark = f'<div class="pics">{"".join(sparks)}</div>' if sparks else ""
     rows = "".join(
-        f'<tr data-metric="{esc(m)}"{" class=sorted" if m == sort_by else ""}><th>{esc(m)}</th>'
+        f'<tr data-metric="{esc(m)}"{" class=sorted" if m == sort_by else ""}>'
+        f'<th data-sort="{esc(m)}" title="sort the gallery by this metric">{esc(m)}</th>'
         f'<td><span class="v" data-value="{esc(repr(v))}">{esc(fmt(v))}</span></td></tr>'
         for m, v in it.metrics.items())
     info = " · ".join(f"{esc(k)}: {esc(v)}" for k, v in it.info.items() if v)
@@ -246,7 +247,8 @@ def _provenance_html(src: Source) -> str:
     if versions:
         out.append(f"<details><summary>versions</summary>{kv_table(list(versions.items()))}</details>")
     for name, text in src.configs.items():
-        out.append(f"<details><summary>{esc(name)} (resolved)</summary><pre>{esc(text)}</pre></details>")
+        what = esc(name) if "provenance" in name else f"{esc(name)} (resolved)"
+        out.append(f"<details><summary>{what}</summary><pre>{esc(text)}</pre></details>")
     out.append("</div>")
     return "".join(out)
 

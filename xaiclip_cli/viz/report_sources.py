@@ -239,6 +239,8 @@ def _read_store(path: Path, datasets: DatasetCache) -> Source:
     if "dataset" in prov:
         src.provenance["dataset"] = prov["dataset"]
     src.results = {k: v for k, v in summary.items() if k not in ("path",)}
+    if prov:
+        src.configs["store provenance"] = json.dumps(prov, indent=2, ensure_ascii=False, default=str)
     return src
 
 
@@ -505,5 +507,23 @@ def _read_eval(path: Path, datasets: DatasetCache) -> Source:
                     continue
                 xi = x[i] if x is not None and x.ndim == 2 else (x if x is not None else np.linspace(0, 1, y.shape[1]))
                 it.curves.append((name, np.asarray(xi, float), y[i]))
+    _attach_masks(doc, items)
     src.items = items
     return src
+
+
+def _attach_masks(doc: dict[str, Any], items: list[Item]) -> None:
+    """`eval localization --masks DIR`: find each image's mask in DIR by stem (``<stem>.*`` or ``<stem>_mask.*``)."""
+    settings = doc.get("settings") if isinstance(doc.get("settings"), dict) else {}
+    ref = doc.get("masks") or settings.get("masks")
+    if not isinstance(ref, str) or not Path(ref).is_dir():
+        return
+    folder = Path(ref)
+    files: dict[str, Path] = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.suffix.lower() in (".png", ".npy", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"):
+            stem = f.stem[:-5] if f.stem.endswith("_mask") else f.stem
+            files.setdefault(stem, f)
+    for it in items:
+        if it.mask is None and it.key in files:
+            it.mask = _mask_file(files[it.key])
