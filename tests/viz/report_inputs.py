@@ -1,12 +1,12 @@
 """Small real inputs for the report tests: a toy `cam run`, and eval/attrib folders in their documented schemas.
 
-The eval folders follow the eval branch's bootstrap records ({mean, std, ci_low, ci_high, n, B, seed}; paired
-comparisons add wilcoxon_p); the attrib folder follows smdl.md §8 (compact npz + sidecar). Values are seeded random.
+Real where a command exists (`cam run`, `eval localization|smdl|zeroshot`); `eval faithfulness` is written with
+the eval writers (metrics.results) and seeded random curves; the attrib folder follows smdl.md §8 (compact npz +
+sidecar, seeded random scores) because `attrib run` is not merged here yet.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -40,80 +40,55 @@ def make_cam_run(out: Path, n: int = 3, method: str = "gradcam") -> Path:
     return out
 
 
-def stat(values: np.ndarray, seed: int = 0, b: int = 200) -> dict[str, Any]:
-    """A bootstrap record as the eval writers produce it (percentile interval of the mean)."""
-    v = np.asarray(values, dtype=np.float64)
-    means = v[np.random.default_rng(seed).integers(0, v.size, (b, v.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)), "ci_low": float(lo), "ci_high": float(hi),
-            "n": int(v.size), "B": b, "seed": seed}
+def run_eval(*args: str) -> dict[str, Any]:
+    """Run a real `xaiclip eval ...` command in-process and return its eval.json."""
+    from typer.testing import CliRunner
+
+    from xaiclip_cli.cli.main import app
+
+    r = CliRunner().invoke(app, ["eval", *args, "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    out = Path(args[args.index("--output-dir") + 1])
+    return json.loads((out / "eval.json").read_text(encoding="utf-8"))
 
 
 def write_faithfulness_eval(out: Path, keys: list[str], seed: int = 0, method: str = "gradcam",
                             steps: int = 10) -> dict[str, Any]:
-    """An `eval faithfulness`-shaped folder: eval.json, per_image.csv, curves.npz ([N, steps+1] per curve)."""
+    """An `eval faithfulness`-shaped folder written with the eval writers (metrics.results): eval.json,
+    per_image.csv and curves.npz (``x_K``/``y_K`` [n, steps+1], ``image``); curves are seeded random."""
+    from xaiclip_cli.metrics import results as R
+
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     n = len(keys)
-    x = np.linspace(0.0, 1.0, steps + 1)
+    x = np.tile(np.linspace(0.0, 1.0, steps + 1), (n, 1))
     rate = rng.uniform(2.0, 8.0, (n, 1))
-    ins = 1.0 - np.exp(-rate * x[None, :]) * rng.uniform(0.8, 1.0, (n, 1))
-    dele = np.exp(-rate * x[None, :]) * rng.uniform(0.8, 1.0, (n, 1))
-    ins_auc = np.trapezoid(ins, x, axis=1)
-    del_auc = np.trapezoid(dele, x, axis=1)
-    labels = [CLASSES[i % len(CLASSES)] for i in range(n)]
-    per_class = {}
-    for c in sorted(set(labels)):
-        idx = np.array([lab == c for lab in labels])
-        if idx.sum() >= 2:
-            per_class[c] = {"insertion_auc": stat(ins_auc[idx], seed), "deletion_auc": stat(del_auc[idx], seed)}
-    doc = {
-        "command": "faithfulness",
-        "method": method,
-        "protocol": "b",
-        "settings": {"convention": "xaiclip", "score": "softmax", "target": "best", "baseline": {"kind": "black",
-                     "space": "pixel", "value": 0.0}, "unit": "input", "steps": steps, "max_fraction": 1.0,
-                     "tie_break": "stable_low_index", "auc": "trapezoid_actual_fraction", "seed": seed},
-        "images": n,
-        "skipped": {"nan_map": 0, "missing_map": 0},
-        "metrics": {"insertion_auc": stat(ins_auc, seed), "deletion_auc": stat(del_auc, seed)},
-        "per_class": per_class,
-        "versions": {"xaiclip": "0.1.0", "numpy": np.__version__},
-        "model": {"model_id": "toy-cnn", "sha256": "df92674b" * 8},
-    }
-    (out / "eval.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    with open(out / "per_image.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image", "target", "insertion_auc", "deletion_auc"])
-        for k, lab, a, d in zip(keys, labels, ins_auc, del_auc, strict=True):
-            w.writerow([k, lab, repr(float(a)), repr(float(d))])
-    np.savez(out / "curves.npz", x=x, insertion=ins, deletion=dele, images=np.array(keys))
+    ins = 1.0 - np.exp(-rate * x) * rng.uniform(0.8, 1.0, (n, 1))
+    dele = np.exp(-rate * x) * rng.uniform(0.8, 1.0, (n, 1))
+    rows = [{"image": k, "target": CLASSES[i % len(CLASSES)], "label": i % len(CLASSES), "status": "ok",
+             "reason": "", "method": method, "insertion_auc": float(np.trapezoid(ins[i], x[i])),
+             "deletion_auc": float(np.trapezoid(dele[i], x[i]))} for i, k in enumerate(keys)]
+    metric_keys = ["insertion_auc", "deletion_auc"]
+    settings = {"protocol": "b", "convention": "xaiclip", "score": "softmax", "target": "sidecar",
+                "baseline": {"kind": "black", "space": "pixel", "value": 0.0}, "unit": "input", "steps": steps,
+                "max_fraction": 1.0, "tie_break": "stable_low_index", "bootstrap": 200, "bootstrap_seed": seed}
+    doc = R.eval_document("faithfulness", settings, {"images": n, "evaluated": n, "skipped": {}},
+                          R.summarise(rows, metric_keys, 200, seed),
+                          model={"model_id": "toy-cnn", "sha256": "df92674b" * 8},
+                          per_class=R.summarise(rows, metric_keys, 200, seed, group_key="target"),
+                          files={"per_image": "per_image.csv", "curves": "curves.npz"})
+    R.write_eval_json(out, doc)
+    R.write_per_image(out, rows)
+    R.write_curves(out, {"image": np.array(keys), "x_insertion": x, "y_insertion": ins, "x_deletion": x,
+                         "y_deletion": dele})
     return doc
 
 
-def write_zeroshot_eval(out: Path, seed: int = 1) -> dict[str, Any]:
-    """An `eval zeroshot`-shaped folder: per-split metrics, a confusion matrix, top concepts per class."""
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    cm = rng.integers(0, 20, (len(CLASSES), len(CLASSES))) + np.eye(len(CLASSES), dtype=int) * 40
-    doc = {
-        "command": "zeroshot",
-        "store": "toycells.h5",
-        "splits": {"test": {"ensemble": {
-            "accuracy": stat(rng.uniform(0.6, 0.9, 50), seed), "balanced_accuracy": stat(rng.uniform(0.5, 0.9, 50)),
-            "auc_macro_ovr": stat(rng.uniform(0.7, 1.0, 50)),
-            "labels": CLASSES, "confusion_matrix": cm.tolist()}}},
-        "top_concepts": {c: [f"concept {c} {i}" for i in range(3)] for c in CLASSES},
-    }
-    (out / "eval.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    return doc
-
-
-def write_attrib_run(out: Path, keys: list[str], images_dir: Path, seed: int = 2, grid: int = 4) -> Path:
+def write_attrib_run(out: Path, keys: list[str], images_dir: Path, seed: int = 2, grid: int = 4,
+                     size: int = 64) -> Path:
     """An `attrib run`-shaped folder (smdl.md §8): run.json, items/<target>/<stem>.npz + .json sidecars."""
     rng = np.random.default_rng(seed)
     images_dir.mkdir(parents=True, exist_ok=True)
-    size = 64
     cell = size // grid
     labels = (np.arange(size)[:, None] // cell) * grid + (np.arange(size)[None, :] // cell)
     k = grid * grid

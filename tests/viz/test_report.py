@@ -7,6 +7,7 @@ blank. Skipped (with the reason) only when chromium/chromedriver/selenium are ab
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
@@ -18,12 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.store.test_reader_fixtures import build_store
 from tests.viz.report_inputs import (
     make_cam_run,
     numeric_leaves,
+    run_eval,
     write_attrib_run,
     write_faithfulness_eval,
-    write_zeroshot_eval,
 )
 from xaiclip_cli.errors import UsageError
 from xaiclip_cli.viz.report import (
@@ -45,14 +47,23 @@ KEYS = [f"test_{i:05d}" for i in range(3)]
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("report_inputs")
     cam = make_cam_run(root / "cam", n=len(KEYS))
+    store = Path(build_store(root / "store.h5").path)
+    attrib = write_attrib_run(root / "attrib", KEYS, root / "attrib_images")
     docs = {
         "eval_gradcam": write_faithfulness_eval(root / "eval_gradcam", KEYS, seed=0),
         "eval_scorecam": write_faithfulness_eval(root / "eval_scorecam", KEYS, seed=5, method="scorecam"),
-        "eval_zs": write_zeroshot_eval(root / "eval_zs"),
+        "loc": run_eval("localization", "--maps", str(cam), "--output-dir", str(root / "loc"), "--bootstrap", "200"),
+        "smdl": run_eval("smdl", "--results", str(attrib), "--output-dir", str(root / "smdl"), "--bootstrap", "200"),
+        "zs": run_eval("zeroshot", "--h5", str(store), "--output-dir", str(root / "zs"), "--bootstrap", "100"),
     }
-    attrib = write_attrib_run(root / "attrib", KEYS, root / "attrib_images")
-    runs = [cam, *(root / k for k in docs), attrib]
-    return {"root": root, "runs": runs, "docs": docs}
+    runs = [store, cam, *(root / k for k in docs), attrib]
+    return {"root": root, "runs": runs, "docs": docs, "cam": cam, "attrib": attrib, "store": store}
+
+
+def per_image(folder: Path, column: str) -> dict[str, float]:
+    """{image key: value} of one per_image.csv column (ok rows)."""
+    with open(folder / "per_image.csv", newline="", encoding="utf-8") as fh:
+        return {Path(r["image"]).stem: float(r[column]) for r in csv.DictReader(fh) if r["status"] == "ok"}
 
 
 @pytest.fixture(scope="module")
@@ -63,28 +74,35 @@ def report(inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- without a browser
-def test_report_joins_every_input_by_image(report: dict[str, Any]) -> None:
+def test_report_joins_every_input_by_image(report: dict[str, Any], inputs: dict[str, Any]) -> None:
     s = report["summary"]
-    assert [i["kind"] for i in s["inputs"]] == ["cam", "eval", "eval", "eval", "attrib"]
+    assert [i["kind"] for i in s["inputs"]] == ["store", "cam", "eval", "eval", "eval", "eval", "eval", "attrib"]
     assert s["gallery_items"] == len(KEYS) and s["gallery_shown"] == len(KEYS)
-    # Metric names both eval folders share are told apart by folder; names only one input has stay as they are.
-    assert "eval_gradcam: insertion_auc" in s["metrics"] and "eval_scorecam: deletion_auc" in s["metrics"]
-    assert "gradcam score" in s["metrics"] and "attrib insertion AUC (recorded)" in s["metrics"]
+    # Metric names two inputs share are told apart by folder; names only one input has stay as they are.
+    for name in ("eval_gradcam: insertion_auc", "eval_scorecam: deletion_auc", "smdl: insertion_auc",
+                 "gradcam score", "attrib insertion AUC (recorded)", "pointing_hit", "energy"):
+        assert name in s["metrics"], name
     assert s["sort_by"] == "eval_gradcam: insertion_auc"
+    # Localisation rows name the cam maps (test/test_00000_gradcam_...): joined to the cam image they explain.
+    loc = per_image(inputs["root"] / "loc", "energy")
+    assert len(loc) == len(KEYS) and all(k.startswith(tuple(KEYS)) for k in loc)
     html = report["html"]
+    for key in KEYS:
+        card = re.search(rf'data-key="{key}" data-m="([^"]+)"', html)
+        assert card is not None
+        metrics = json.loads(card.group(1).replace("&quot;", '"'))
+        want = next(v for k, v in loc.items() if k.startswith(key))
+        assert metrics["energy"] == pytest.approx(want, rel=1e-9)
     # Input + overlay (cam), region order (attrib) per image, one mean-curve figure; the mask outline is drawn.
     assert len(re.findall(r'<img [^>]*src="data:image/', html)) == 3 * len(KEYS) + 1
     assert html.count("<figcaption title=\"input + mask\">") == len(KEYS)
-    assert "Method vs method" in html and "confusion_matrix" in html
+    assert "Method vs method" in html and "confusion" in html and "top_concepts" in html
     assert not re.search(r"https?://", html)
     assert "Content-Security-Policy" in html and "default-src 'none'" in html
 
 
 def test_gallery_starts_worst_first(report: dict[str, Any], inputs: dict[str, Any]) -> None:
-    ins = {}
-    for line in (inputs["root"] / "eval_gradcam" / "per_image.csv").read_text().splitlines()[1:]:
-        key, _, a, _ = line.split(",")
-        ins[key] = float(a)
+    ins = per_image(inputs["root"] / "eval_gradcam", "insertion_auc")
     cards = re.findall(r'<div class="card" data-key="([^"]+)"', report["html"])
     assert cards == sorted(ins, key=ins.get)  # insertion: low is bad, so ascending
 
@@ -93,7 +111,7 @@ def test_attrib_recorded_auc_matches_smdl_axes(report: dict[str, Any], inputs: d
     """attrib's per-image AUC uses smdl.results.recorded_auc's axes (metrics.md §1), computed here by hand."""
     from sklearn.metrics import auc
 
-    npz = next((inputs["root"] / "attrib" / "items").rglob("*.npz"))
+    npz = next((inputs["attrib"] / "items").rglob("*.npz"))
     with np.load(npz) as z:
         cons, colla = z["consistency"].astype(float), z["collaboration"].astype(float)
         want_ins = auc(z["area_ins"].astype(float), np.concatenate([[1 - colla[-1]], cons]))
@@ -103,6 +121,9 @@ def test_attrib_recorded_auc_matches_smdl_axes(report: dict[str, Any], inputs: d
     metrics = json.loads(card.group(1).replace("&quot;", '"'))
     assert metrics["attrib insertion AUC (recorded)"] == pytest.approx(want_ins, abs=1e-6)
     assert metrics["attrib deletion AUC (recorded)"] == pytest.approx(want_del, abs=1e-6)
+    # ... and `eval smdl` on the same folder agrees.
+    assert metrics["smdl: insertion_auc"] == pytest.approx(want_ins, abs=1e-6)
+    assert metrics["smdl: deletion_auc"] == pytest.approx(want_del, abs=1e-6)
 
 
 def test_stats_render_mean_and_interval() -> None:
@@ -169,28 +190,28 @@ def test_bad_inputs(tmp_path: Path, inputs: dict[str, Any]) -> None:
     with pytest.raises(UsageError, match="no inputs"):
         build_report([], tmp_path / "r.html")
     with pytest.raises(UsageError, match="no such per-image metric"):
-        build_report(inputs["runs"][1:2], tmp_path / "r.html", sort_by="nope")
+        build_report([inputs["cam"]], tmp_path / "r.html", sort_by="nope")
     (tmp_path / "exists.html").write_text("keep me")
     with pytest.raises(UsageError, match="--overwrite"):
-        build_report(inputs["runs"][1:2], tmp_path / "exists.html")
+        build_report([inputs["cam"]], tmp_path / "exists.html")
     assert (tmp_path / "exists.html").read_text() == "keep me"
     with pytest.raises(UsageError, match="is a folder"):
-        build_report(inputs["runs"][1:2], tmp_path)
+        build_report([inputs["cam"]], tmp_path)
     assert not (tmp_path / "r.html").exists()
 
 
 def test_damaged_parts_become_warnings(tmp_path: Path, inputs: dict[str, Any]) -> None:
     """A broken manifest line, a deleted overlay and a broken attrib npz lose only themselves."""
     cam = tmp_path / "cam"
-    shutil.copytree(inputs["runs"][0], cam)
+    shutil.copytree(inputs["cam"], cam)
     with open(cam / "manifest.jsonl", "a", encoding="utf-8") as fh:
         fh.write("{broken\n")
     # The manifest records absolute folders: point it at the copy, then delete one overlay.
-    text = (cam / "manifest.jsonl").read_text().replace(str(inputs["runs"][0]), str(cam))
+    text = (cam / "manifest.jsonl").read_text().replace(str(inputs["cam"]), str(cam))
     (cam / "manifest.jsonl").write_text(text)
     next(cam.rglob("*_overlay.png")).unlink()
     attrib = tmp_path / "attrib"
-    shutil.copytree(inputs["runs"][-1], attrib)
+    shutil.copytree(inputs["attrib"], attrib)
     next((attrib / "items").rglob("*.npz")).write_bytes(b"not a zip")
     s = build_report([cam, attrib], tmp_path / "r.html")
     text = " ".join(s["warnings"])
@@ -199,48 +220,33 @@ def test_damaged_parts_become_warnings(tmp_path: Path, inputs: dict[str, Any]) -
 
 
 def test_localization_masks_outlined(tmp_path: Path) -> None:
-    """An eval folder that names its --masks folder: each image's mask outline is drawn on its input."""
+    """An eval folder recording its --masks folder: each image's mask outline is drawn on its input picture."""
     keys = ["a", "b"]
-    img_dir, mask_dir = tmp_path / "images", tmp_path / "masks"
-    img_dir.mkdir()
+    attrib = write_attrib_run(tmp_path / "attrib", keys, tmp_path / "images")
+    mask_dir = tmp_path / "masks"
     mask_dir.mkdir()
-    for k in keys:
-        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img_dir / f"{k}.png")
-    mask = np.zeros((32, 32), np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
     mask[8:24, 8:24] = 255
     Image.fromarray(mask).save(mask_dir / "a_mask.png")  # only a has a mask
     ev = tmp_path / "eval"
     doc = write_faithfulness_eval(ev, keys, seed=4)
     doc["settings"]["masks"] = str(mask_dir)
     (ev / "eval.json").write_text(json.dumps(doc))
-    rows = (ev / "per_image.csv").read_text().splitlines()
-    rows = ["path" + rows[0][len("image"):]] + [str(img_dir / f"{r.split(',', 1)[0]}.png") + "," + r.split(",", 1)[1]
-                                                for r in rows[1:]]
-    (ev / "per_image.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "r.html"
-    build_report([ev], out, thumb=32)
+    build_report([ev, attrib], out, thumb=32)
     html = out.read_text()
-    card_a = html[html.index('data-key="a"'):html.index('data-key="b"')] if html.index('data-key="a"') < html.index(
-        'data-key="b"') else html[html.index('data-key="a"'):]
-    assert '<figcaption title="input + mask">' in card_a
+    cards = {m.group(1): m.start() for m in re.finditer(r'<div class="card" data-key="([^"]+)"', html)}
+    start, stop = cards["a"], (cards["b"] if cards["b"] > cards["a"] else len(html))
+    assert '<figcaption title="input + mask">' in html[start:stop]
     assert html.count('<figcaption title="input + mask">') == 1
 
 
 def test_size_cap_300_items(tmp_path: Path) -> None:
     """300 images with pictures: only --max-images get thumbnails, the rest are names, the file stays small."""
     keys = [f"img_{i:04d}" for i in range(300)]
-    rng = np.random.default_rng(0)
-    img_dir = tmp_path / "images"
-    img_dir.mkdir()
-    for k in keys:
-        Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(img_dir / f"{k}.png")
     ev = tmp_path / "eval"
     write_faithfulness_eval(ev, keys, seed=3)
-    rows = (ev / "per_image.csv").read_text().splitlines()
-    rows = ["path" + rows[0][len("image"):]] + [
-        str(img_dir / f"{r.split(',', 1)[0]}.png") + "," + r.split(",", 1)[1] for r in rows[1:]]
-    (ev / "per_image.csv").write_text("\n".join(rows) + "\n")
-    attrib = write_attrib_run(tmp_path / "attrib", keys, tmp_path / "attrib_images")
+    attrib = write_attrib_run(tmp_path / "attrib", keys, tmp_path / "images", size=224)
     out = tmp_path / "big.html"
     s = build_report([ev, attrib], out, max_images=200)
     html = out.read_text()
@@ -290,7 +296,7 @@ def test_report_in_headless_chromium(report: dict[str, Any], inputs: dict[str, A
             "return Array.from(document.querySelectorAll('#results [data-value]')).map(e => e.dataset.value)")
         shown_values = {float(v) for v in shown if v not in ("nan", "inf", "-inf")}
         for name, doc in inputs["docs"].items():
-            blocks = {k: doc[k] for k in ("metrics", "per_class", "splits") if k in doc}
+            blocks = {k: doc[k] for k in ("metrics", "per_class", "breakdown", "extra") if k in doc}
             for path, value in numeric_leaves(blocks):
                 assert value in shown_values, f"{name}: {path} = {value} not in the report's tables"
         # Sorting: pick deletion (high is bad) and the DOM order follows it; descending by default.
@@ -299,10 +305,7 @@ def test_report_in_headless_chromium(report: dict[str, Any], inputs: dict[str, A
 
         Select(driver.find_element("id", "sortby")).select_by_value("eval_gradcam: deletion_auc")
         order1 = driver.execute_script("return Array.from(document.querySelectorAll('.card')).map(c => c.dataset.key)")
-        dels = {}
-        for line in (inputs["root"] / "eval_gradcam" / "per_image.csv").read_text().splitlines()[1:]:
-            key, _, _, d = line.split(",")
-            dels[key] = float(d)
+        dels = per_image(inputs["root"] / "eval_gradcam", "deletion_auc")
         assert order1 == sorted(dels, key=lambda k: -dels[k])
         assert sorted(order0) == sorted(order1)
         assert driver.find_element("id", "sortdir").get_attribute("value") == "desc"
@@ -312,10 +315,7 @@ def test_report_in_headless_chromium(report: dict[str, Any], inputs: dict[str, A
         # Clicking a metric's name in a card sorts by it, worst first (insertion: ascending).
         driver.find_element("css selector", '.card th[data-sort="eval_scorecam: insertion_auc"]').click()
         order3 = driver.execute_script("return Array.from(document.querySelectorAll('.card')).map(c => c.dataset.key)")
-        ins = {}
-        for line in (inputs["root"] / "eval_scorecam" / "per_image.csv").read_text().splitlines()[1:]:
-            key, _, a, _ = line.split(",")
-            ins[key] = float(a)
+        ins = per_image(inputs["root"] / "eval_scorecam", "insertion_auc")
         assert order3 == sorted(ins, key=ins.get)
         assert driver.find_element("id", "sortby").get_attribute("value") == "eval_scorecam: insertion_auc"
         png = driver.get_screenshot_as_png()

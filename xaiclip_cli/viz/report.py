@@ -136,11 +136,13 @@ def merge_items(sources: Sequence[Source]) -> tuple[list[Item], list[str]]:
         for it in src.items:
             for m in it.metrics:
                 owners.setdefault(m, set()).add(src.label)
+    aliases = {a: k for src in sources for a, k in src.aliases.items()}
     merged: dict[str, Item] = {}
     metrics: list[str] = []
     for src in sources:
         for it in src.items:
-            tgt = merged.setdefault(it.key, Item(it.key))
+            key = aliases.get(it.key, it.key)
+            tgt = merged.setdefault(key, Item(key))
             tgt.pictures.extend(p for p in it.pictures
                                 if not (p.caption == "input" and any(q.caption == "input" for q in tgt.pictures)))
             tgt.curves.extend(it.curves)

@@ -13,6 +13,7 @@ import html
 import io
 import json
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -304,14 +305,16 @@ def comparison_table(per_source: Mapping[str, Mapping[str, Mapping[str, Any]]]) 
 
 def _bootstrap_band(y: np.ndarray, seed: int = 0, n_boot: int = 500) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over rows and its 95 % percentile bootstrap band (rows resampled, numpy PCG64 with ``seed``)."""
-    y = y[np.isfinite(y).all(axis=1)]
-    mean = y.mean(axis=0)
-    if y.shape[0] < 2:
-        return mean, mean, mean
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, y.shape[0], size=(n_boot, y.shape[0]))
-    means = y[idx].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5], axis=0)
+    y = y[np.isfinite(y).any(axis=1)]  # NaN-padded curves (attrib k varies per image) keep their finite part
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN and are not drawn
+        mean = np.nanmean(y, axis=0)
+        if y.shape[0] < 2:
+            return mean, mean, mean
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, y.shape[0], size=(n_boot, y.shape[0]))
+        means = np.nanmean(y[idx], axis=1)
+        lo, hi = np.nanpercentile(means, [2.5, 97.5], axis=0)
     return mean, lo, hi
 
 
@@ -334,12 +337,14 @@ def curves_figure(curves: Mapping[str, Mapping[str, tuple[np.ndarray | None, np.
         for i, (src, (x, y)) in enumerate(curves[name].items()):
             colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
             y2 = y if y.ndim == 2 else y[None, :]
-            if not np.isfinite(y2).all(axis=1).any():
+            if not np.isfinite(y2).any():
                 continue
             mean, lo, hi = _bootstrap_band(y2)
             xx = x if x is not None else np.linspace(0.0, 1.0, y2.shape[1])
-            if xx.ndim == 2:
-                xx = np.nanmean(xx, axis=0)
+            if xx.ndim == 2:  # per-image x (attrib areas): the mean x of each step
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    xx = np.nanmean(xx, axis=0)
             if xx.shape[0] != mean.shape[0]:
                 xx = np.linspace(0.0, 1.0, mean.shape[0])
             n = y2.shape[0]

@@ -26,6 +26,7 @@ KINDS = ("store", "cam", "attrib", "eval")
 KEY_COLUMNS = ("image", "stem", "name", "path", "file", "id", "image_id", "index")
 MASK_COLUMNS = ("mask", "mask_path", "mask_file")
 _STORE_SUFFIXES = (".h5", ".hdf5")
+STORE_COMMANDS = ("zeroshot", "probe")  # eval commands scoring a feature store: no per-image explanations
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Source:
     items: list[Item] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     short: str = ""  # label prefixed to per-image metric names that two inputs share (default: label)
+    aliases: dict[str, str] = field(default_factory=dict)  # other names of an image (a cam map name) → its key
 
     def __post_init__(self) -> None:
         self.short = self.short or self.label
@@ -284,6 +286,7 @@ def _read_cam(path: Path, datasets: DatasetCache) -> Source:
         method = str(side.get("method") or rec.get("method") or "cam")
         methods[method] = methods.get(method, 0) + 1
         item = by_key.setdefault(key, Item(key))
+        src.aliases[name] = key  # eval rows name cam maps by their file name
         load_image, load_mask = datasets.loaders(image)
         if load_image is not None and not any(p.caption == "input" for p in item.pictures):
             item.pictures.insert(0, Picture("input", load_image))
@@ -397,7 +400,29 @@ def _read_attrib(path: Path, datasets: DatasetCache) -> Source:
 
 
 # ------------------------------------------------------------------------------------------------------ eval
-def _read_per_image(path: Path, src: Source, datasets: DatasetCache) -> list[Item]:
+# per_image.csv columns that describe a row rather than measure it (metrics.results schema, plus older names).
+NON_METRIC = {"image", "target", "label", "status", "reason", "method", "layout", "area_tertile", "split", "index",
+              "id", "k", "otsu_t", "tuned_t", "seed", "mask", "mask_path", "mask_file", "path", "file", "stem", "name"}
+
+
+def _metric_names(doc: dict[str, Any]) -> set[str]:
+    """Names eval.json summarises (its ``metrics`` and ``per_class`` keys): the per-image metric columns."""
+    names = set(doc.get("metrics") or {}) if isinstance(doc.get("metrics"), dict) else set()
+    per_class = doc.get("per_class")
+    if isinstance(per_class, dict):
+        for block in per_class.values():
+            if isinstance(block, dict):
+                names |= set(block)
+    return names
+
+
+def row_key(raw: str) -> str:
+    """The image key of a per_image.csv/curves.npz name: the last path part without suffix
+    (``test/test_00000_gradcam_x`` → ``test_00000_gradcam_x``; ``eosinophil/test_00002`` → ``test_00002``)."""
+    return Path(str(raw)).stem if str(raw).strip() else ""
+
+
+def _read_per_image(path: Path, src: Source, datasets: DatasetCache, metric_names: set[str]) -> list[Item]:
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
@@ -406,23 +431,33 @@ def _read_per_image(path: Path, src: Source, datasets: DatasetCache) -> list[Ite
         return []
     if not rows:
         return []
-    cols = list(rows[0].keys())
+    cols = [c for c in rows[0] if c is not None]
     key_col = next((c for c in KEY_COLUMNS if c in cols), None)
     mask_col = next((c for c in MASK_COLUMNS if c in cols), None)
-    numeric = [c for c in cols if c != key_col and any(_finite(r.get(c)) is not None for r in rows)
-               and all((r.get(c) or "").strip() == "" or _finite(r.get(c)) is not None
-                       or (r.get(c) or "").strip().lower() in ("nan", "inf", "-inf") for r in rows)]
+
+    def numeric(c: str) -> bool:
+        cells = [(r.get(c) or "").strip() for r in rows]
+        return any(_finite(v) is not None for v in cells) and all(
+            v == "" or _finite(v) is not None or v.lower() in ("nan", "inf", "-inf") for v in cells)
+
+    if metric_names:
+        metric_cols = [c for c in cols if c in metric_names and c != key_col]
+    else:
+        metric_cols = [c for c in cols if c not in NON_METRIC and c != key_col and numeric(c)]
+    methods = {r.get("method") for r in rows if r.get("method")}
+    by_method = len(methods) > 1  # one eval over several methods: metric names carry the method
     items = []
     for i, r in enumerate(rows):
-        raw_key = r.get(key_col, "") if key_col else ""
-        key = Path(raw_key).stem if raw_key and key_col in ("path", "file", "image") else (raw_key or f"row{i:05d}")
-        item = Item(key)
-        for c in numeric:
+        raw_key = (r.get(key_col) or "") if key_col else ""
+        item = Item(row_key(raw_key) or f"row{i:05d}")
+        prefix = f"{r['method']} " if by_method and r.get("method") else ""
+        for c in metric_cols:
             v = _finite(r.get(c))
             if v is not None:
-                item.metrics[c] = v
+                item.metrics[prefix + c] = v
         for c in cols:
-            if c not in numeric and c not in (key_col, mask_col) and r.get(c):
+            if c not in metric_cols and c not in (key_col, mask_col) and r.get(c) and not (c == "status"
+                                                                                            and r[c] == "ok"):
                 item.info[c] = str(r[c])
         if key_col == "path" and raw_key:
             item.pictures.append(Picture("input", _image_file(raw_key)))
@@ -433,31 +468,33 @@ def _read_per_image(path: Path, src: Source, datasets: DatasetCache) -> list[Ite
 
 
 def _curve_keys(z: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
-    """Split curves.npz into y arrays [N, T] (or [T]), their x axes, and the image names when recorded."""
+    """Split curves.npz into y arrays [N, T] (or [T]) by curve name, their x axes by the same name, and the
+    image names. metrics.results: ``y_K``/``x_K`` [n, s+1], ``image`` [n], sanity ``sim_<check>_<sim>``."""
     ys: dict[str, np.ndarray] = {}
     xs: dict[str, np.ndarray] = {}
     names = None
     for k in z.files:
         a = np.asarray(z[k])
         if a.dtype.kind in "USO":
-            if k in ("images", "names", "keys", "stems", "image", "paths"):
+            if k in ("image", "images", "names", "keys", "stems", "paths"):
                 names = a.astype(str)
             continue
-        if a.dtype.kind not in "fiu" or a.ndim not in (1, 2):
+        if a.dtype.kind not in "fiub" or a.ndim not in (1, 2):
             continue
         low = k.lower()
-        if low == "x" or low.endswith("_x") or low.startswith("x_"):
-            xs[k] = a.astype(float)
+        if low == "x":
+            xs[""] = a.astype(float)
+        elif low.startswith("x_"):
+            xs[k[2:]] = a.astype(float)
+        elif low.endswith("_x"):
+            xs[k[:-2]] = a.astype(float)
+        elif low.startswith("y_"):
+            ys[k[2:]] = a.astype(float)
+        elif low.startswith("steps_"):
+            continue  # step labels of a sanity check, not a curve
         else:
             ys[k] = a.astype(float)
     return ys, xs, names
-
-
-def _x_for(name: str, xs: dict[str, np.ndarray]) -> np.ndarray | None:
-    for cand in (f"{name}_x", f"x_{name}", "x"):
-        if cand in xs:
-            return xs[cand]
-    return None
 
 
 def _read_eval(path: Path, datasets: DatasetCache) -> Source:
@@ -467,7 +504,7 @@ def _read_eval(path: Path, datasets: DatasetCache) -> Source:
     label = str(doc.get("command") or doc.get("metric") or doc.get("kind") or path.name)
     src = Source("eval", path, path.name if label == path.name else f"{path.name} ({label})", short=path.name)
     src.provenance = _provenance_of(doc)
-    for key in ("settings", "config", "resolved", "protocol"):
+    for key in ("settings", "config", "resolved"):
         if isinstance(doc.get(key), dict):
             src.configs[key] = json.dumps(doc[key], indent=2, ensure_ascii=False, default=str)
     cfg = _text(path / "config.yaml")
@@ -479,7 +516,10 @@ def _read_eval(path: Path, datasets: DatasetCache) -> Source:
     if counts:
         src.provenance["counts"] = counts
     src.results = doc
-    items = _read_per_image(path / "per_image.csv", src, datasets) if (path / "per_image.csv").is_file() else []
+    per_image = path / "per_image.csv"
+    items = _read_per_image(per_image, src, datasets, _metric_names(doc)) if per_image.is_file() else []
+    if str(doc.get("command")) in STORE_COMMANDS:
+        items = []  # rows are store ids without pictures: the scores stay in per_image.csv, not in the gallery
     curves_path = path / "curves.npz"
     if curves_path.is_file():
         try:
@@ -488,23 +528,24 @@ def _read_eval(path: Path, datasets: DatasetCache) -> Source:
         except Exception as exc:  # noqa: BLE001
             src.warnings.append(f"{src.label}: curves.npz unreadable ({type(exc).__name__})")
             ys, xs, names = {}, {}, None
-        by_key = {it.key: it for it in items}
+        ok_items = [it for it in items if it.info.get("status", "ok") == "ok"]
+        by_key: dict[str, list[Item]] = {}
+        for it in ok_items:
+            by_key.setdefault(it.key, []).append(it)
         for name, y in ys.items():
-            x = _x_for(name, xs)
+            x = xs.get(name, xs.get(""))
             src.curves[name] = (x, y)
             if y.ndim != 2:
                 continue
-            if names is not None and len(names) == y.shape[0]:
-                rows = [(by_key.get(Path(str(n)).stem), i) for i, n in enumerate(names)]
-            elif y.shape[0] == len(items):
-                rows = [(it, i) for i, it in enumerate(items)]
+            if y.shape[0] == len(ok_items):  # rows follow the ok rows of per_image.csv (metrics.results)
+                rows = list(enumerate(ok_items))
+            elif names is not None and len(names) == y.shape[0]:
+                rows = [(i, by_key[row_key(n)][0]) for i, n in enumerate(names) if row_key(n) in by_key]
             else:
-                src.warnings.append(f"{src.label}: curves.npz '{name}' has {y.shape[0]} rows for {len(items)} "
+                src.warnings.append(f"{src.label}: curves.npz '{name}' has {y.shape[0]} rows for {len(ok_items)} "
                                     "images and no names; per-image curves not shown")
                 continue
-            for it, i in rows:
-                if it is None:
-                    continue
+            for i, it in rows:
                 xi = x[i] if x is not None and x.ndim == 2 else (x if x is not None else np.linspace(0, 1, y.shape[1]))
                 it.curves.append((name, np.asarray(xi, float), y[i]))
     _attach_masks(doc, items)
