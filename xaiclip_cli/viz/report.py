@@ -28,6 +28,7 @@ from xaiclip_cli.viz.report_sections import (
     esc,
     fmt,
     kv_table,
+    records_table,
     render_dict,
 )
 from xaiclip_cli.viz.report_sources import DatasetCache, Item, Source, read_source
@@ -264,6 +265,68 @@ def _results_html(src: Source) -> str:
     return f'<section><h2><span class="kind">{esc(src.kind)}</span>{esc(src.label)}</h2>{body}</section>'
 
 
+# Settings that change no number: results differing only in these are still compared.
+_IGNORED_SETTINGS = ("bootstrap", "bootstrap_seed")
+
+
+def _settings_of(src: Source) -> dict[str, Any]:
+    settings = src.results.get("settings")
+    return {k: v for k, v in (settings if isinstance(settings, dict) else {}).items() if k not in _IGNORED_SETTINGS}
+
+
+def _paired_rows(a: Source, b: Source) -> list[dict[str, Any]]:
+    """Per shared per-image metric: mean of a − b over the images both scored, paired bootstrap interval and
+    Wilcoxon p (metrics.bootstrap.paired_comparison, metrics.md §11)."""
+    try:
+        from xaiclip_cli.metrics.bootstrap import paired_comparison
+    except ImportError:  # the eval library is not installed: dataset-level comparison only
+        return []
+    va = {it.key: it.metrics for it in a.items}
+    vb = {it.key: it.metrics for it in b.items}
+    keys = sorted(set(va) & set(vb))
+    names = [m for m in dict.fromkeys(m for k in keys for m in va[k]) if any(m in vb[k] for k in keys)]
+    rows = []
+    for m in names:
+        both = [k for k in keys if m in va[k] and m in vb[k]]
+        if len(both) < 2:
+            continue
+        res = paired_comparison(np.array([va[k][m] for k in both]), np.array([vb[k][m] for k in both]))
+        rows.append({"metric": m, "A": a.short, "B": b.short, "images": len(both),
+                     "A − B": {"mean": res["mean"], "ci_low": res.get("ci_low"), "ci_high": res.get("ci_high")},
+                     "wilcoxon_p": res.get("wilcoxon_p")})
+    return rows
+
+
+def _comparison_html(sources: Sequence[Source]) -> str:
+    """Eval results of one command side by side, only when their settings agree (metrics.md §0: never compare
+    results computed differently; the differing keys are named instead), with paired per-image differences."""
+    by_command: dict[str, list[Source]] = {}
+    for src in sources:
+        if src.kind == "eval":
+            by_command.setdefault(str(src.results.get("command", "")), []).append(src)
+    out = []
+    for command, group in by_command.items():
+        if len(group) < 2:
+            continue
+        first = _settings_of(group[0])
+        same = [g for g in group if _settings_of(g) == first]
+        for other in (g for g in group if _settings_of(g) != first):
+            theirs = _settings_of(other)
+            diff = sorted(k for k in set(first) | set(theirs) if first.get(k) != theirs.get(k))
+            out.append(f'<p class="warn">{esc(other.label)} is not compared with {esc(group[0].label)}: settings '
+                       f'differ in {esc(", ".join(diff))}</p>')
+        if len(same) < 2:
+            continue
+        stats = {g.label: {p: v for p, v in collect_stats(g.results).items() if p.startswith("metrics.")}
+                 for g in same}
+        out.append(f"<h3>{esc(command)}</h3>" + comparison_table(stats))
+        paired = [r for i, a in enumerate(same) for b in same[i + 1:] for r in _paired_rows(a, b)]
+        if paired:
+            out.append(records_table(paired, "Paired over the same images (A − B: mean [95 % paired bootstrap "
+                                     "interval]; Wilcoxon signed-rank p)"))
+    return "".join(out)
+
+
 def _dataset_curves(sources: Sequence[Source]) -> dict[str, dict[str, tuple[np.ndarray | None, np.ndarray]]]:
     """Curve name → input label → (x, y): eval curves.npz, plus attrib recorded curves when their lengths agree."""
     out: dict[str, dict[str, tuple[np.ndarray | None, np.ndarray]]] = {}
@@ -305,11 +368,9 @@ def render_html(sources: Sequence[Source], *, max_images: int = 200, thumb: int 
     results = "".join(_results_html(s) for s in sources if s.kind in ("eval", "store", "attrib", "cam"))
     if results:
         parts.append(f'<div id="results">{results}</div>')
-    evals = {s.label: collect_stats(s.results) for s in sources if s.kind == "eval"}
-    if len(evals) >= 2:
-        table = comparison_table(evals)
-        if table:
-            parts.append(f'<section id="comparison"><h2>Method vs method</h2>{table}</section>')
+    comparison = _comparison_html(sources)
+    if comparison:
+        parts.append(f'<section id="comparison"><h2>Method vs method</h2>{comparison}</section>')
     curves = _dataset_curves(sources)
     if curves:
         uri = curves_figure(curves)

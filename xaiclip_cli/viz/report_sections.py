@@ -105,12 +105,16 @@ def scalar_html(value: Any) -> str:
         return num(value)
     if is_scalar(value):
         return esc(fmt(value))
+    if isinstance(value, (list, dict)) and not value:
+        return '<span class="ci">none</span>'
     if isinstance(value, list) and all(is_scalar(v) for v in value):
         shown = value if len(value) <= MAX_LIST else value[:MAX_LIST]
         parts = [num(v) if is_number(v) else esc(fmt(v)) for v in shown]
         more = f" … ({len(value)} values)" if len(value) > MAX_LIST else ""
         return ", ".join(parts) + more
-    if isinstance(value, list) and all(isinstance(v, Mapping) and len(v) <= 3 for v in value):
+    if _small_dict(value):
+        return ", ".join(f"{esc(k)} {scalar_html(v)}" for k, v in value.items())
+    if isinstance(value, list) and all(_small_dict(v, 3) for v in value):
         return "; ".join(", ".join(f"{esc(k)} {scalar_html(v)}" for k, v in d.items()) for d in value[:MAX_LIST])
     text = json.dumps(value, ensure_ascii=False, default=str)
     return f"<code>{esc(text[:300])}{'…' if len(text) > 300 else ''}</code>"
@@ -125,9 +129,17 @@ def stat_html(stat: Mapping[str, Any]) -> str:
     return text
 
 
+def _small_dict(value: Any, size: int = 12) -> bool:
+    """A short dict of scalars (drawn inline as ``k v, k v``)."""
+    return isinstance(value, Mapping) and 0 < len(value) <= size and all(is_scalar(v) for v in value.values())
+
+
 def _is_flat(value: Any) -> bool:
-    return isinstance(value, Mapping) and all(is_scalar(v) or is_stat(v) or (
-        isinstance(v, list) and all(is_scalar(x) for x in v) and len(v) <= MAX_LIST) for v in value.values())
+    """A dict whose values all fit in one table cell: a record of a breakdown table."""
+    return isinstance(value, Mapping) and all(
+        is_scalar(v) or is_stat(v) or _small_dict(v)
+        or (isinstance(v, list) and len(v) <= MAX_LIST and all(is_scalar(x) or _small_dict(x, 3) for x in v))
+        for v in value.values())
 
 
 def stats_table(stats: Mapping[str, Mapping[str, Any]], title: str | None = None) -> str:
@@ -158,7 +170,7 @@ def records_table(rows: Sequence[Mapping[str, Any]], title: str | None = None, i
         for k in r:
             if k not in cols:
                 cols.append(k)
-    head = (f"<th>{esc(index)}</th>" if index else "") + "".join(f"<th>{esc(c)}</th>" for c in cols)
+    head = (f"<th>{esc(index)}</th>" if index is not None else "") + "".join(f"<th>{esc(c)}</th>" for c in cols)
     body = []
     for i, r in enumerate(rows):
         first = f"<th>{esc(keys[i])}</th>" if keys is not None else ""
@@ -207,9 +219,9 @@ def render_value(value: Any, title: str, depth: int = 0, labels: Sequence[str] |
     if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
         if all(_is_flat(v) for v in value):
             return records_table(value, title)
-        return "".join(render_value(v, f"{title}[{i}]", depth + 1) for i, v in enumerate(value))
+        return "".join(render_value(v, f"{title}[{i}]", depth + 1, labels) for i, v in enumerate(value))
     if isinstance(value, Mapping):
-        return render_dict(value, title, depth)
+        return render_dict(value, title, depth, labels)
     return kv_table([(title, value)])
 
 
@@ -232,12 +244,25 @@ def _same_columns(rows: Sequence[Mapping[str, Any]]) -> bool:
     return bool(common) and len(common) * 2 >= len(union)
 
 
-def render_dict(d: Mapping[str, Any], title: str | None, depth: int = 0) -> str:
+_OPEN_KEYS = ("concept", "table", "verdict", "compar", "paired", "sanity", "band")
+
+
+def _important(key: str, value: Any) -> bool:
+    """Blocks shown open: they hold statistics, matrices or record tables, or are named like results."""
+    if any(w in str(key).lower() for w in _OPEN_KEYS):
+        return True
+    return _has(value, lambda x: is_stat(x) or is_matrix(x) or (
+        isinstance(x, list) and bool(x) and all(isinstance(v, Mapping) for v in x)))
+
+
+def render_dict(d: Mapping[str, Any], title: str | None, depth: int = 0,
+                labels: Sequence[str] | None = None) -> str:
     """A dict: statistics first (one metric table), then key/value rows, then each nested block; blocks holding no
     statistic or matrix (settings, versions) are collapsed."""
     if not d:
         return ""
-    labels = next((d[k] for k in LABEL_KEYS if isinstance(d.get(k), list) and all(is_scalar(x) for x in d[k])), None)
+    labels = next((d[k] for k in LABEL_KEYS if isinstance(d.get(k), list) and all(is_scalar(x) for x in d[k])),
+                  labels)  # class names label the confusion matrices below them
     values = list(d.values())
     if all(is_stat(v) for v in values):
         return stats_table(d, title)
@@ -256,8 +281,8 @@ def render_dict(d: Mapping[str, Any], title: str | None, depth: int = 0) -> str:
         out.append(stats_table(stats))
     if scalars:
         out.append(kv_table(scalars))
-    nested = [(k, v) for k, v in d.items() if k not in scalar_keys and k not in stats]
-    important = [(k, v) for k, v in nested if _has(v, lambda x: is_stat(x) or is_matrix(x))]
+    nested = [(k, v) for k, v in d.items() if k not in scalar_keys and k not in stats and v not in ({}, [])]
+    important = [(k, v) for k, v in nested if _important(k, v)]
     rest = [(k, v) for k, v in nested if not any(k == i for i, _ in important)]
     for k, v in important:
         block = render_value(v, str(k), depth + 1, labels)
@@ -361,6 +386,6 @@ def curves_figure(curves: Mapping[str, Mapping[str, tuple[np.ndarray | None, np.
         ax.set_visible(False)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})  # no URL in the file
     plt.close(fig)
     return png_bytes_uri(buf.getvalue())
