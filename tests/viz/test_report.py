@@ -241,6 +241,54 @@ def test_localization_masks_outlined(tmp_path: Path) -> None:
     assert html.count('<figcaption title="input + mask">') == 1
 
 
+def test_comparison_only_with_same_settings(tmp_path: Path) -> None:
+    """Same command and settings: side by side plus paired differences; other settings: named, not compared."""
+    from scipy.stats import wilcoxon
+
+    keys = [f"k{i}" for i in range(6)]
+    write_faithfulness_eval(tmp_path / "a", keys, seed=1)
+    write_faithfulness_eval(tmp_path / "b", keys, seed=2, method="scorecam")
+    write_faithfulness_eval(tmp_path / "c", keys, seed=3, steps=20)
+    out = tmp_path / "r.html"
+    build_report([tmp_path / "a", tmp_path / "b", tmp_path / "c"], out)
+    html = out.read_text()
+    section = html[html.index('id="comparison"'):html.index('id="curves"')]
+    assert "c (faithfulness) is not compared with a (faithfulness): settings differ in steps" in section
+    a, b = per_image(tmp_path / "a", "insertion_auc"), per_image(tmp_path / "b", "insertion_auc")
+    diff = np.array([a[k] - b[k] for k in keys])
+    row = re.search(r"<tr><td>insertion_auc</td><td>a</td><td>b</td><td>.*?</tr>", section)
+    assert row is not None
+    values = [float(v) for v in re.findall(r'data-value="([^"]+)"', row.group(0))]
+    assert values[0] == 6 and values[1] == pytest.approx(diff.mean(), abs=1e-9)
+    assert values[2] <= diff.mean() <= values[3]  # the paired interval holds the mean difference
+    want_p = wilcoxon([a[k] for k in keys], [b[k] for k in keys], zero_method="wilcox").pvalue
+    assert values[4] == pytest.approx(want_p)
+    assert "<td>c</td>" not in section
+
+
+def test_skipped_rows_listed_not_scored(tmp_path: Path) -> None:
+    """A skipped row (NaN map) keeps its card with the reason, has no metric and sorts last."""
+    keys = ["a", "b", "c"]
+    ev = tmp_path / "eval"
+    write_faithfulness_eval(ev, keys, seed=1)
+    with open(ev / "per_image.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    rows[0].update(status="skipped", reason="nan", insertion_auc="", deletion_auc="")
+    with open(ev / "per_image.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    np.savez(ev / "curves.npz", image=np.array(keys[1:]), x_insertion=np.tile(np.linspace(0, 1, 5), (2, 1)),
+             y_insertion=np.tile(np.linspace(0, 1, 5), (2, 1)))
+    out = tmp_path / "r.html"
+    s = build_report([ev], out)
+    html = out.read_text()
+    cards = re.findall(r'<div class="card" data-key="([^"]+)" data-m="([^"]*)"', html)
+    assert [k for k, _ in cards][-1] == "a" and cards[-1][1] == "{}"
+    assert "status: skipped · reason: nan" in html and s["warnings"] == []
+    assert html.count('<svg class="spark"') == 2  # curves only for the ok rows, matched by order
+
+
 def test_size_cap_300_items(tmp_path: Path) -> None:
     """300 images with pictures: only --max-images get thumbnails, the rest are names, the file stays small."""
     keys = [f"img_{i:04d}" for i in range(300)]

@@ -59,7 +59,7 @@ pre{background:#f6f8fa;padding:6px;overflow:auto;max-height:320px;font-size:11px
 .kind{display:inline-block;padding:0 6px;border-radius:3px;background:#def;color:#034;font-size:11px;margin-right:6px}
 .warn{color:#8a4b00}.fig{max-width:100%;height:auto;border:1px solid #eee}#controls{margin:6px 0 10px}
 #controls select{font-size:12px;margin-right:8px}#gallery{display:flex;flex-wrap:wrap;gap:8px}
-.card{background:#fff;border:1px solid #ccc;border-radius:5px;padding:6px;width:max-content;max-width:100%}
+.card{background:#fff;border:1px solid #ccc;border-radius:5px;padding:6px;width:max-content;max-width:min(100%,560px)}
 .card .ttl{font-weight:600;font-size:12px;margin-bottom:3px}.card .sub{color:#555;font-size:11px}
 .pics{display:flex;gap:4px;flex-wrap:wrap}figure{margin:0;text-align:center}
 figcaption{font-size:10px;color:#444;max-width:120px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}

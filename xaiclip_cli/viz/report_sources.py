@@ -405,6 +405,10 @@ NON_METRIC = {"image", "target", "label", "status", "reason", "method", "layout"
               "id", "k", "otsu_t", "tuned_t", "seed", "mask", "mask_path", "mask_file", "path", "file", "stem", "name"}
 
 
+# Columns shown under a gallery item's name (the rest stay in per_image.csv).
+INFO_COLUMNS = ("target", "method", "status", "reason")
+
+
 def _metric_names(doc: dict[str, Any]) -> set[str]:
     """Names eval.json summarises (its ``metrics`` and ``per_class`` keys): the per-image metric columns."""
     names = set(doc.get("metrics") or {}) if isinstance(doc.get("metrics"), dict) else set()
@@ -455,9 +459,8 @@ def _read_per_image(path: Path, src: Source, datasets: DatasetCache, metric_name
             v = _finite(r.get(c))
             if v is not None:
                 item.metrics[prefix + c] = v
-        for c in cols:
-            if c not in metric_cols and c not in (key_col, mask_col) and r.get(c) and not (c == "status"
-                                                                                            and r[c] == "ok"):
+        for c in INFO_COLUMNS:
+            if c in cols and r.get(c) and not (c == "status" and r[c] == "ok"):
                 item.info[c] = str(r[c])
         if key_col == "path" and raw_key:
             item.pictures.append(Picture("input", _image_file(raw_key)))
