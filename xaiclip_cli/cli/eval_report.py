@@ -16,7 +16,6 @@ from xaiclip_cli.config.report import ReportSettings
 class ReportResult(BaseModel):
     """eval report: the file written and what went into it."""
 
-    table_title: str = "eval report"
     out: str
     bytes: int
     inputs: list[dict[str, Any]] = Field(default_factory=list)

@@ -192,7 +192,7 @@ def _picture_html(it: Item, thumb: int, counters: dict[str, int]) -> str:
     parts = []
     for pic in it.pictures:
         try:
-            arr = pic.load()
+            arr = pic.sized(thumb) if pic.sized is not None else pic.load()
         except Exception:  # noqa: BLE001 - one unreadable picture must not lose the report
             arr = None
         if arr is None:

@@ -9,6 +9,7 @@ they are, so the report renders new metrics without a change here.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -36,6 +37,7 @@ class Picture:
     caption: str
     load: Loader
     fmt: str = "jpeg"
+    sized: Callable[[int], np.ndarray | None] | None = None  # draws directly at thumbnail size (cheaper)
 
 
 @dataclass
@@ -123,17 +125,22 @@ def _finite(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+@functools.lru_cache(maxsize=4)
+def _read_rgb(path: str) -> np.ndarray | None:
+    """Decode an image once for the pictures that share it (input and attrib order)."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        return None
+    with Image.open(p) as im:
+        arr = np.asarray(im.convert("RGB"))
+    arr.setflags(write=False)
+    return arr
+
+
 def _image_file(path: str | Path) -> Loader:
-    def load() -> np.ndarray | None:
-        from PIL import Image
-
-        p = Path(path)
-        if not p.is_file():
-            return None
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
-
-    return load
+    return lambda: _read_rgb(str(path))
 
 
 def _mask_file(path: str | Path) -> Loader:
@@ -375,16 +382,19 @@ def _read_attrib(path: Path, datasets: DatasetCache) -> Source:
         if load_image is not None:
             item.pictures.append(Picture("input", load_image))
         if labels is not None and order is not None:
-            def order_pic(labels: np.ndarray = labels, order: np.ndarray = order,
+            def order_pic(size: int | None = None, labels: np.ndarray = labels, order: np.ndarray = order,
                           load_image: Loader | None = load_image) -> np.ndarray:
-                from xaiclip_cli.viz.thumbs import region_order_image
+                from xaiclip_cli.viz.thumbs import region_order_image, thumbnail
 
                 base = load_image() if load_image is not None else None
+                if size is not None and base is not None:
+                    base = thumbnail(base, size)  # regions drawn on the thumbnail, not the full image
                 return region_order_image(labels, order.tolist(), base)
 
             # PNG keeps flat region colours small; blended over a photograph JPEG is several times smaller.
             fmt = "png" if load_image is None else "jpeg"
-            item.pictures.append(Picture(f"attrib order · {target}" if target else "attrib order", order_pic, fmt))
+            item.pictures.append(Picture(f"attrib order · {target}" if target else "attrib order", order_pic, fmt,
+                                         sized=order_pic))
         for name, x, y in curves:
             item.curves.append((name, x, y))
             area = float(np.trapezoid(y, x)) if np.all(np.isfinite(y)) else None
