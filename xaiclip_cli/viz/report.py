@@ -373,7 +373,11 @@ def render_html(sources: Sequence[Source], *, max_images: int = 200, thumb: int 
         parts.append(f'<section id="comparison"><h2>Method vs method</h2>{comparison}</section>')
     curves = _dataset_curves(sources)
     if curves:
-        uri = curves_figure(curves)
+        bands: dict[str, dict[str, float]] = {}
+        for src in sources:
+            for name, level in src.bands.items():
+                bands.setdefault(name, {})[src.label] = level
+        uri = curves_figure(curves, bands)
         if uri:
             counters["images"] += 1
             parts.append('<section id="curves"><h2>Mean curves (band: 95 % bootstrap interval of the mean)</h2>'

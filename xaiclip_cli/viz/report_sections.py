@@ -25,6 +25,8 @@ INTERVAL_LISTS = ("ci", "ci95", "interval", "bootstrap_ci", "ci_95")
 LABEL_KEYS = ("labels", "classes", "class_names", "names")
 MAX_LIST = 16  # longer number lists are summarised (whole arrays belong in curves.npz)
 MAX_DEPTH = 6
+MAX_PANELS = 12  # curve panels in the dataset figure
+MAX_ROWS = 200  # record-table rows shown (the rest are counted)
 
 
 def esc(value: Any) -> str:
@@ -172,9 +174,13 @@ def records_table(rows: Sequence[Mapping[str, Any]], title: str | None = None, i
                 cols.append(k)
     head = (f"<th>{esc(index)}</th>" if index is not None else "") + "".join(f"<th>{esc(c)}</th>" for c in cols)
     body = []
-    for i, r in enumerate(rows):
+    more = len(rows) - MAX_ROWS
+    for i, r in enumerate(rows[:MAX_ROWS]):
         first = f"<th>{esc(keys[i])}</th>" if keys is not None else ""
         body.append("<tr>" + first + "".join(f"<td>{scalar_html(r.get(c))}</td>" for c in cols) + "</tr>")
+    if more > 0:
+        span = len(cols) + (1 if index is not None else 0)
+        body.append(f'<tr><td colspan="{span}" class="ci">… {more} more rows (in the result files)</td></tr>')
     cap = f"<caption>{esc(title)}</caption>" if title else ""
     return f'<table class="records">{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
@@ -343,8 +349,12 @@ def _bootstrap_band(y: np.ndarray, seed: int = 0, n_boot: int = 500) -> tuple[np
     return mean, lo, hi
 
 
-def curves_figure(curves: Mapping[str, Mapping[str, tuple[np.ndarray | None, np.ndarray]]]) -> str | None:
-    """One PNG (data URI): a panel per curve name, a line per input; [N, T] curves show the mean and its band."""
+def curves_figure(curves: Mapping[str, Mapping[str, tuple[np.ndarray | None, np.ndarray]]],
+                  bands: Mapping[str, Mapping[str, float]] | None = None) -> str | None:
+    """One PNG (data URI): a panel per curve name, a line per input; [N, T] curves show the mean and its band.
+
+    ``bands`` (curve name → input → level) draws a dashed reference line: the sanity checks' random-pair band.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -352,7 +362,7 @@ def curves_figure(curves: Mapping[str, Mapping[str, tuple[np.ndarray | None, np.
 
     from xaiclip_cli.viz.thumbs import CURVE_COLOURS, png_bytes_uri
 
-    names = list(curves)[:9]
+    names = list(curves)[:MAX_PANELS]
     if not names:
         return None
     cols = min(3, len(names))
@@ -376,9 +386,13 @@ def curves_figure(curves: Mapping[str, Mapping[str, tuple[np.ndarray | None, np.
             ax.plot(xx, mean, color=colour, lw=1.6, label=f"{src} (n={n})")
             if n > 1:
                 ax.fill_between(xx, lo, hi, color=colour, alpha=0.2, lw=0)
+            level = (bands or {}).get(name, {}).get(src)
+            if level is not None:
+                ax.axhline(level, color=colour, ls="--", lw=1, label=f"{src}: random-pair band")
         ax.set_title(name, fontsize=10)
-        ax.set_xlabel("fraction" if "sanity" not in name.lower() else "step", fontsize=8)
-        ax.set_ylabel("score", fontsize=8)
+        sanity = name.startswith("sim_")
+        ax.set_xlabel("randomisation step (0 = trained)" if sanity else "fraction", fontsize=8)
+        ax.set_ylabel("similarity to the trained map" if sanity else "score", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")

@@ -68,6 +68,7 @@ class Source:
     warnings: list[str] = field(default_factory=list)
     short: str = ""  # label prefixed to per-image metric names that two inputs share (default: label)
     aliases: dict[str, str] = field(default_factory=dict)  # other names of an image (a cam map name) → its key
+    bands: dict[str, float] = field(default_factory=dict)  # curve name → reference level (sanity pass band)
 
     def __post_init__(self) -> None:
         self.short = self.short or self.label
@@ -344,12 +345,22 @@ def _attrib_curves(z: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
             ("deletion", x_del, np.concatenate([[cons[-1]], 1.0 - colla]))]
 
 
+def _name(value: Any) -> str:
+    """A class named by a sidecar: ``{"index": 2, "name": "eosinophil"}`` or a plain value."""
+    if isinstance(value, dict):
+        return str(value.get("name", value.get("index", "")))
+    return "" if value is None else str(value)
+
+
 def _read_attrib(path: Path, datasets: DatasetCache) -> Source:
     src = Source("attrib", path, path.name)
     run = _json(path / "run.json")
     if not isinstance(run, dict):
         raise UsageError(f"{path / 'run.json'}: expected a JSON object")
-    src.configs["run.json"] = json.dumps(run, indent=2, ensure_ascii=False, default=str)
+    # The plan lists every item: a count is enough here (run.json keeps the list).
+    plan = run.get("plan") if isinstance(run.get("plan"), dict) else None
+    brief = {**run, "plan": {k: v for k, v in plan.items() if k != "items"}} if plan is not None else run
+    src.configs["run.json"] = json.dumps(brief, indent=2, ensure_ascii=False, default=str)
     src.provenance = _provenance_of(run)
     config = run.get("config") if isinstance(run.get("config"), dict) else run
     src.provenance.update(_provenance_of(config))
@@ -376,11 +387,14 @@ def _read_attrib(path: Path, datasets: DatasetCache) -> Source:
             src.warnings.append(f"{path.name}: {rel}: unreadable npz ({type(exc).__name__})")
             continue
         targets[target] = targets.get(target, 0) + 1
-        key = Path(str(side["path"])).stem if side.get("path") else npz.stem
+        source = side.get("source") if isinstance(side.get("source"), dict) else {}
+        image = {**source, **({"path": side["path"]} if side.get("path") else {})}
+        key = image_key(image, npz.stem) if image else npz.stem
         item = Item(key)
-        load_image = _image_file(side["path"]) if side.get("path") else None
+        load_image, load_mask = datasets.loaders(image) if image else (None, None)
         if load_image is not None:
             item.pictures.append(Picture("input", load_image))
+        item.mask = load_mask
         if labels is not None and order is not None:
             def order_pic(size: int | None = None, labels: np.ndarray = labels, order: np.ndarray = order,
                           load_image: Loader | None = load_image) -> np.ndarray:
@@ -400,12 +414,13 @@ def _read_attrib(path: Path, datasets: DatasetCache) -> Source:
             area = float(np.trapezoid(y, x)) if np.all(np.isfinite(y)) else None
             if area is not None:
                 item.metrics[f"attrib {name} AUC (recorded)"] = area
-        item.info["target"] = target or str(side.get("target", ""))
+        item.info["target"] = target or _name(side.get("target"))
         if side.get("prediction") is not None:
-            item.info["prediction"] = str(side["prediction"])
+            item.info["prediction"] = _name(side["prediction"])
         src.items.append(item)
     src.provenance["counts"] = {"items": len(src.items), **{f"target {t}": c for t, c in targets.items()}}
-    src.results = {k: v for k, v in run.items() if k not in ("provenance", "versions", "lib_versions")}
+    src.results = {k: v for k, v in brief.items()
+                   if k not in ("provenance", "versions", "lib_versions", "settings", "identity")}
     return src
 
 
@@ -561,6 +576,12 @@ def _read_eval(path: Path, datasets: DatasetCache) -> Source:
             for i, it in rows:
                 xi = x[i] if x is not None and x.ndim == 2 else (x if x is not None else np.linspace(0, 1, y.shape[1]))
                 it.curves.append((name, np.asarray(xi, float), y[i]))
+    band = (doc.get("extra") or {}).get("band") if isinstance(doc.get("extra"), dict) else None
+    if isinstance(band, dict):  # eval sanity: the random-pair pass band of each similarity
+        for name in src.curves:
+            for sim, value in band.items():
+                if name.startswith("sim_") and name.endswith(f"_{sim}") and _finite(value) is not None:
+                    src.bands[name] = float(value)
     _attach_masks(doc, items)
     src.items = items
     return src
