@@ -1,10 +1,16 @@
-"""Speed of `eval zeroshot` + `eval probe` on a 17,092-row synthetic store (BloodMNIST size, D=1152), one JSON record.
+"""Speed of `eval zeroshot`/`probe` (17,092-row synthetic store, D=1152) and of `eval faithfulness`, one JSON record.
 
-Reports the seconds of each command (library call, same as the CLI minus start-up) and the store read of the
+Store part: the seconds of each command (library call, same as the CLI minus start-up) and the store read of the
 columns they need (image CLS features + labels + ids of every split) divided by a raw h5py read of the same
 columns from the same file (median of paired repeats; target <= 1.5).
 
-Usage: .venv/bin/python benchmarks/eval_speed.py [--rows 17092] [--dim 1152] [--repeats 5] [--layout sharded]
+Faithfulness part: images forwarded per second by `eval faithfulness` (50 steps, insertion + deletion; the whole
+command minus the model load, and the perturb-and-score loop alone) divided by a bare batched forward
+(encode_image + score) of the same model, batch size and number of images on the same device (median of paired
+repeats; target >= 0.9).
+
+Usage: .venv/bin/python benchmarks/eval_speed.py [--part store|faithfulness|all] [--rows 17092] [--dim 1152]
+       [--repeats 5] [--layout sharded] [--model toy-cnn] [--images 8] [--batch 128] [--device cpu]
 """
 
 from __future__ import annotations
@@ -66,16 +72,95 @@ def store_read(path: Path) -> float:
     return time.perf_counter() - t
 
 
+def faithfulness_speed(model: str, n_images: int, batch: int, device: str, repeats: int) -> dict:
+    """Paired repeats of `eval faithfulness` and a bare batched forward of the same number of images."""
+    import json as _json
+
+    import numpy as np
+    import torch
+
+    from xaiclip_cli.config.eval import EvalSettings
+    from xaiclip_cli.metrics.commands import run_faithfulness
+    from xaiclip_cli.metrics.scoring import TargetScorer
+    from xaiclip_cli.models.registry import load_backend
+
+    texts = ["a lymphocyte", "a neutrophil", "an eosinophil", "a basophil", "a monocyte"]
+    t = time.perf_counter()
+    be = load_backend("toy", model, device=device)
+    load_s = time.perf_counter() - t
+    sc = TargetScorer(be, texts, "softmax")
+    ratios, evals, bares, loops, loop_ratios = [], [], [], [], []
+    with tempfile.TemporaryDirectory() as td:
+        d = Path(td) / "maps"
+        d.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(n_images):
+            np.save(d / f"test_{i:05d}.npy", rng.random((8, 8)))
+            (d / f"test_{i:05d}.json").write_text(_json.dumps({
+                "image": {"dataset": "toycells", "split": "test", "index": i},
+                "texts": [{"name": x, "prompt": x} for x in texts], "target_index": i % 5}))
+        s = EvalSettings(backend="toy", model=model, device=device, threads=1, maps=[d], steps=50, batch_size=batch,
+                         output_dir=Path(td) / "out", overwrite=True, bootstrap=0)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            doc = run_faithfulness(s)
+            wall = time.perf_counter() - t
+            fw = int(doc["counts"]["forwards"])
+            # the command loads the model itself: take that out (measured on the same, now warm, files)
+            t = time.perf_counter()
+            load_backend("toy", model, device=device)
+            reload_s = time.perf_counter() - t
+            eval_ips = fw / max(wall - reload_s, 1e-9)
+            loop_ips = fw / doc["extra"]["timing"]["loop_s"]
+            loops.append(loop_ips)
+            x = torch.randn(batch, 3, *sc.size, device=be.device)
+            if be.device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            done = 0
+            while done < fw:
+                b = min(batch, fw - done)
+                sc.scores(x[:b])
+                done += b
+            if be.device.type == "cuda":
+                torch.cuda.synchronize()
+            bare_ips = fw / (time.perf_counter() - t)
+            evals.append(eval_ips)
+            bares.append(bare_ips)
+            ratios.append(eval_ips / bare_ips)
+            loop_ratios.append(loop_ips / bare_ips)
+    return {"faithfulness_model": model, "faithfulness_device": str(be.device), "faithfulness_images": n_images,
+            "faithfulness_steps": 50, "faithfulness_batch": batch, "forwards_per_run": fw,
+            "model_load_s": round(load_s, 2), "eval_images_per_s_median": round(statistics.median(evals), 1),
+            "bare_forward_images_per_s_median": round(statistics.median(bares), 1),
+            "faithfulness_ratio_median": round(statistics.median(ratios), 3),
+            "loop_images_per_s_median": round(statistics.median(loops), 1),
+            "loop_ratio_median": round(statistics.median(loop_ratios), 3), "faithfulness_ratio_target": 0.9,
+            "note": "ratio: whole command minus model load (dataset open, outputs, PNG included); loop_ratio: the "
+                    "perturb-and-score loop only (what grows with the number of images)"}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=17092)
     ap.add_argument("--dim", type=int, default=1152)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--layout", default="sharded", choices=["sharded", "single"])
+    ap.add_argument("--part", default="all", choices=["store", "faithfulness", "all"])
+    ap.add_argument("--model", default="toy-cnn")
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
+    record: dict = {"benchmark": "eval_speed", "torch_threads": 1}
+    if a.part in ("faithfulness", "all"):
+        record.update(faithfulness_speed(a.model, a.images, a.batch, a.device, a.repeats))
+    if a.part == "faithfulness":
+        print(json.dumps(record))
+        return 0
     from tests.store.test_reader_fixtures import build_store
     from xaiclip_cli.metrics.commands import run_probe, run_zeroshot
 
@@ -112,13 +197,13 @@ def main() -> int:
         run_probe(SimpleNamespace(**common, features="concepts", output_dir=Path(td) / "pc"))
         pc_s = time.perf_counter() - t
     print(json.dumps({
-        "benchmark": "eval_speed", "rows": a.rows, "dim": a.dim, "layout": a.layout, "repeats": a.repeats,
+        **record, "rows": a.rows, "dim": a.dim, "layout": a.layout, "repeats": a.repeats,
         "build_store_s": round(build_s, 2),
         "raw_h5py_read_s_median": round(statistics.median(raws), 4),
         "store_read_s_median": round(statistics.median(stores), 4),
         "read_ratio_median": round(statistics.median(ratios), 3), "read_ratio_target": 1.5,
-        "sklearn_scipy_import_s": round(import_s, 2), "zeroshot_s": round(zs_s, 2), "probe_global_s": round(pr_s, 2), "probe_concepts_s": round(pc_s, 2),
-        "torch_threads": 1,
+        "sklearn_scipy_import_s": round(import_s, 2), "zeroshot_s": round(zs_s, 2),
+        "probe_global_s": round(pr_s, 2), "probe_concepts_s": round(pc_s, 2),
     }))
     return 0
 

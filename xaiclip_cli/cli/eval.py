@@ -128,3 +128,56 @@ def localisation(s: EvalSettings, ctx: RunContext) -> EvalResult:
     from xaiclip_cli.metrics.commands import run_localization
 
     return _finish(run_localization(s), ctx)
+
+
+_MODEL_FIELDS = [*_MODEL, *_MAPS, *_TARGET, *_COMMON]
+
+
+@settings_command(app, EvalSettings, name="faithfulness",
+                  fields=[*_MODEL_FIELDS, "convention", "baseline", "unit", "steps", "max_fraction", "rise_step"])
+def faithfulness(s: EvalSettings, ctx: RunContext) -> EvalResult:
+    """Insertion and deletion AUC re-evaluated on perturbed images for any map (protocol (b)): conventions
+    xaiclip|xplique|torchcam|rise, baselines black|mean|blur|noise|value:v; batched, resumable (per-image log)."""
+    from xaiclip_cli.metrics.commands import run_faithfulness
+
+    return _finish(run_faithfulness(s), ctx)
+
+
+@settings_command(app, EvalSettings, name="mufidelity",
+                  fields=[*_MODEL_FIELDS, "baseline", "grid_size", "samples", "subset_percent", "subset",
+                          "subset_size", "corr"])
+def mufidelity(s: EvalSettings, ctx: RunContext) -> EvalResult:
+    """MuFidelity (xplique; Bernoulli grid subsets) or Quantus-style fixed-size subsets, Spearman or Pearson,
+    masks seeded per image (shared by every method on that image)."""
+    from xaiclip_cli.metrics.commands import run_mufidelity
+
+    return _finish(run_mufidelity(s), ctx)
+
+
+@settings_command(app, EvalSettings, name="drop", fields=[*_MODEL_FIELDS, "ad_variant", "mask_space"])
+def drop(s: EvalSettings, ctx: RunContext) -> EvalResult:
+    """Average drop, increase in confidence and average gain of the image multiplied by the min-max map."""
+    from xaiclip_cli.metrics.commands import run_drop
+
+    return _finish(run_drop(s), ctx)
+
+
+@settings_command(app, EvalSettings, name="sanity",
+                  fields=[*_MODEL, "images", "dataset", "split", "limit", "text", "target", "method", "cam_score",
+                          "target_layer", "checks", "order", "pairs", *_COMMON])
+def sanity(s: EvalSettings, ctx: RunContext) -> EvalResult:
+    """Model-parameter randomisation (cascading image tower from the top block down, text tower, independent) and
+    the random-prompt test for a CAM method: similarity to the trained map per step, pass/fail against the band of
+    random pairs of maps of different images."""
+    from xaiclip_cli.metrics.commands import run_sanity
+
+    return _finish(run_sanity(s), ctx)
+
+
+@settings_command(app, EvalSettings, name="compare", fields=["results", *_COMMON])
+def compare(s: EvalSettings, ctx: RunContext) -> EvalResult:
+    """Paired comparison of two eval results (two methods on the same images): mean difference with its paired
+    bootstrap interval and the Wilcoxon signed-rank p-value per metric; refuses results with different settings."""
+    from xaiclip_cli.metrics.commands import run_compare
+
+    return _finish(run_compare(s), ctx)

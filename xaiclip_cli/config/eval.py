@@ -28,7 +28,8 @@ class EvalSettings(ModelSelection, RuntimeSettings):
     )
     results: list[Path] = Field(
         default_factory=list, description="smdl: attrib OUT folders (items/<target>/<stem>.npz) or reference "
-        "export folders (npy/ + json/); repeat the flag for several.", json_schema_extra={"cli_multiple": True},
+        "export folders (npy/ + json/); compare: two eval result folders. Repeat the flag for several.",
+        json_schema_extra={"cli_multiple": True},
     )
     images: list[Path] = Field(
         default_factory=list, description="Image files/folders paired with maps by file stem (when the map's "
@@ -101,6 +102,20 @@ class EvalSettings(ModelSelection, RuntimeSettings):
         default_factory=list, description="localization --thresholds tuned: maps of --tune-split.",
         json_schema_extra={"cli_multiple": True},
     )
+
+    # --- sanity ---
+    method: str = Field("gradcam", description="sanity: CAM method whose maps are checked (see `xaiclip cam methods`).")
+    cam_score: Literal["cosine", "logit", "softmax", "sigmoid", "dot"] = Field(
+        "logit", description="sanity: score the CAM explains (as `cam run --score`)."
+    )
+    target_layer: str | None = Field(None, description="sanity: CAM target layer (default: auto, as cam run).")
+    checks: list[Literal["image", "text", "independent", "prompt"]] = Field(
+        default_factory=lambda: ["image", "text", "independent", "prompt"],
+        description="sanity: image (cascading image tower), text (cascading text tower), independent (one image "
+        "block at a time), prompt (other text and random-token prompt).",
+    )
+    order: Literal["top-down", "bottom-up"] = Field("top-down", description="sanity: cascading order.")
+    pairs: int = Field(50, ge=1, description="sanity: random pairs of different images for the pass band.")
 
     @field_validator("splits")
     @classmethod

@@ -363,7 +363,7 @@ def run_localization(s: Any) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for it in items:
         row: dict[str, Any] = {"image": it.key, "target": it.target_name or "", "label": "", "status": "ok",
-                               "reason": "", "method": it.method or it.kind}
+                               "reason": "", "method": it.method or it.kind, "image_stem": it.stem}
         if it.phi is None:
             rows.append({**row, "status": "skipped", "reason": it.reason})
             continue
@@ -426,4 +426,591 @@ def run_localization(s: Any) -> dict[str, Any]:
                           per_class=per_class, breakdown=breakdown, extra=extra,
                           files=_files(out, per_image="per_image.csv"))
     R.write_eval_json(out, doc)
+    return doc
+
+
+# -------------------------------------------------------------------------- model-based: faithfulness, mufidelity, drop
+def _load_backend(s: Any) -> Any:
+    import torch
+
+    from xaiclip_cli.models.registry import load_backend
+
+    torch.manual_seed(s.seed)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    device = s.device
+    if s.gpus:
+        device = f"cuda:{s.gpus[0]}"  # one process (metrics.md: multi-GPU sharding not implemented for eval)
+    backend = load_backend(s.backend, s.model, revision=s.revision, device="auto" if device == "auto" else device)
+    return backend
+
+
+def _model_common(s: Any) -> dict[str, Any]:
+    """Settings recorded by every model-based command."""
+    return {"score": s.score, "target_rule": s.target, "backend": s.backend, "model_name": s.model,
+            "revision": s.revision, "space": "model input after preprocessing (normalised)"}
+
+
+class _ModelRun:
+    """Shared state of a model-based eval: items, images, scorers per text set, rows, resume log."""
+
+    def __init__(self, s: Any, command: str, settings: dict[str, Any]) -> None:
+        from xaiclip_cli.metrics.maps import collect
+        from xaiclip_cli.metrics.scoring import ImageResolver
+
+        self.s, self.command = s, command
+        self.items = collect(s.maps, s.limit)
+        self.resolver = ImageResolver(s.images, s.dataset, s.split)
+        self.resolver.check_counts(self.items)
+        self.settings = settings
+        # What the per-image values depend on (the bootstrap only changes the summary, so it may change on resume).
+        guard = {k: v for k, v in settings.items() if k not in ("bootstrap", "bootstrap_seed")}
+        out = Path(s.output_dir)
+        if (out / "eval.json").exists() and not s.overwrite:
+            raise UsageError(f"{out / 'eval.json'} exists; pass --overwrite to replace the results in {out}")
+        out.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        self.log = out / "progress.jsonl"
+        self.done: dict[str, dict[str, Any]] = {}
+        if s.overwrite and self.log.exists():
+            self.log.unlink()
+        if self.log.exists():
+            import json
+
+            lines = self.log.read_text(encoding="utf-8").splitlines()
+            head = json.loads(lines[0]) if lines else {}
+            if head.get("settings") != json.loads(json.dumps(guard, default=str)):
+                raise UsageError(f"{self.log} was written with different settings; pass --overwrite to start over")
+            for ln in lines[1:]:
+                try:
+                    rec = json.loads(ln)
+                except ValueError:
+                    continue  # a line cut by an interrupt: that image is redone
+                self.done[rec["row"]["image"]] = rec
+        else:
+            import json
+
+            self.log.write_text(json.dumps({"settings": guard}, default=str) + "\n", encoding="utf-8")
+        self.backend = _load_backend(s)
+        self.scorers: dict[tuple[str, ...], Any] = {}
+        self.model = {k: v for k, v in (self.backend.provenance() or {}).items()
+                      if k in ("backend", "model_id", "model_revision", "sha256")}
+
+    def scorer(self, prompts: list[str]) -> Any:
+        from xaiclip_cli.metrics.scoring import TargetScorer
+
+        key = tuple(prompts)
+        if key not in self.scorers:
+            self.scorers[key] = TargetScorer(self.backend, prompts, self.s.score)
+        return self.scorers[key]
+
+    def record(self, row: dict[str, Any], **arrays: Any) -> None:
+        import json
+
+        rec = {"row": row, **{k: np.asarray(v).tolist() for k, v in arrays.items()}}
+        self.done[row["image"]] = rec
+        with open(self.log, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec, default=float) + "\n")
+
+    def pending(self) -> list[tuple[Any, Any]]:
+        """(item, row) of the items not done yet; skipped items are recorded at once."""
+        from xaiclip_cli.metrics.scoring import texts_of
+
+        todo = []
+        for it in self.items:
+            if it.key in self.done:
+                continue
+            row = {"image": it.key, "target": it.target_name or "", "label": "", "status": "ok", "reason": "",
+                   "method": it.method or it.kind, "image_stem": it.stem}
+            if it.phi is None:
+                self.record({**row, "status": "skipped", "reason": it.reason})
+                continue
+            if not np.isfinite(it.phi).all():
+                self.record({**row, "status": "skipped", "reason": "nan"})
+                continue
+            todo.append((it, row, texts_of(it, self.s.text)))
+        return todo
+
+    def batches(self, per: int) -> Any:
+        """Yield lists of (item, row, names, scorer, image) of at most ``per`` images (missing images recorded)."""
+        group: list[Any] = []
+        for it, row, (names, prompts) in self.pending():
+            img = self.resolver.get(it)
+            if img is None:
+                self.record({**row, "status": "skipped", "reason": "missing_image"})
+                continue
+            group.append((it, row, names, self.scorer(prompts), img))
+            if len(group) >= per:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def rows(self) -> list[dict[str, Any]]:
+        order = {it.key: i for i, it in enumerate(self.items)}
+        return [self.done[k]["row"] for k in sorted(self.done, key=lambda k: order.get(k, 1 << 30))]
+
+
+def _targets(run: _ModelRun, group: list[Any], x: Any) -> list[int]:
+    """Target index per image (one batched forward of the unperturbed images decides `best`/fallbacks)."""
+    from xaiclip_cli.metrics.scoring import resolve_target
+
+    full = group[0][3].scores(x).detach().cpu().numpy()  # the group shares one scorer (text set)
+    return [resolve_target(run.s.target, it, names, full[j]) for j, (it, _row, names, _sc, _img) in
+            enumerate(group)]
+
+
+def _check_relative_drop(s: Any) -> None:
+    if s.ad_variant == "relative" and s.score in ("cosine", "logit"):
+        raise UsageError(f"relative average drop needs positive scores: use --score softmax or sigmoid, or "
+                         f"--ad-variant absolute (got --score {s.score})")
+
+
+def run_faithfulness(s: Any) -> dict[str, Any]:
+    """`eval faithfulness`: insertion and deletion re-evaluated on perturbed images (protocol (b), §2)."""
+    import torch
+
+    from xaiclip_cli.metrics import insertion_deletion as ID
+
+    kind, value = ID.parse_baseline(s.baseline)
+    facts = ID.CONVENTION_FACTS[s.convention]
+    settings = {"protocol": "b (re-evaluated pixel ranking)", "convention": s.convention, **facts,
+                "baseline": {"kind": kind, "space": "normalised" if kind != "black" else
+                             "pixel 0 before normalisation", "value": value},
+                "unit": s.unit, "steps": s.steps, "max_fraction": s.max_fraction, "rise_step": s.rise_step,
+                **_model_common(s), "aggregation": "mean of per-image AUC", "seed": s.seed,
+                "bootstrap": s.bootstrap, "bootstrap_seed": s.seed}
+    run = _ModelRun(s, "faithfulness", settings)
+    import time
+
+    t_loop = time.perf_counter()
+    # Images per group: their 2·(s+1) perturbed inputs fill about four forward batches (few partial batches).
+    per = max(1, (4 * s.batch_size) // (2 * (s.steps + 1)))
+    for group in run.batches(per):
+        sc_groups: dict[int, list[int]] = {}
+        for j, g in enumerate(group):
+            sc_groups.setdefault(id(g[3]), []).append(j)
+        for js in sc_groups.values():
+            sub = [group[j] for j in js]
+            sc = sub[0][3]
+            x = sc.pixels([g[4] for g in sub])
+            tg = _targets(run, sub, x)
+            base = ID.make_baseline(kind, x, mean=sc.mean, std=sc.std, value=value, seed=s.seed)
+            keep, ranks, cnts, ns = [], [], [], []
+            for j, (it, row, *_rest) in enumerate(sub):
+                try:
+                    r = ID.pixel_ranks(it.phi, sc.size, s.unit, s.convention)
+                except ID.InvalidMap as exc:
+                    run.record({**row, "status": "skipped", "reason": exc.reason})
+                    continue
+                n = ID.n_features(it.phi.shape, sc.size, s.unit)
+                keep.append(j)
+                ranks.append(torch.as_tensor(r))
+                cnts.append(ID.counts(n, s.steps, s.convention, s.max_fraction, s.rise_step))
+                ns.append(n)
+            if not keep:
+                continue
+            xs, bs = x[keep], base[keep]
+            rk = torch.stack(ranks).to(xs.device)
+            tt = [tg[j] for j in keep]
+            ys = ID.perturbation_curves(sc, xs, bs, rk, cnts, ("deletion", "insertion"), tt, s.batch_size)
+            y_del, y_ins = ys["deletion"], ys["insertion"]
+            for k, j in enumerate(keep):
+                it, row, names = sub[j][0], sub[j][1], sub[j][2]
+                xa = ID.x_axis(cnts[k], ns[k])
+                row = {**row, "target": names[tt[k]], "target_index": tt[k],
+                       "deletion_auc": ID.auc(cnts[k], ns[k], y_del[k], s.convention),
+                       "insertion_auc": ID.auc(cnts[k], ns[k], y_ins[k], s.convention),
+                       "score_full": float(y_del[k][0]), "score_baseline": float(y_ins[k][0]), "n_features": ns[k]}
+                run.record(row, x=xa, y_deletion=y_del[k], y_insertion=y_ins[k])
+    loop_s = time.perf_counter() - t_loop
+    rows = run.rows()
+    ok = [r for r in rows if r["status"] == "ok"]
+    metrics = R.summarise(ok, ["insertion_auc", "deletion_auc", "score_full", "score_baseline"], s.bootstrap, s.seed)
+    recs = [run.done[r["image"]] for r in ok]
+    lengths = {len(rec["x"]) for rec in recs}
+    files: dict[str, Any] = {"per_image": "per_image.csv", "curves": None, "plot": None}
+    if recs and len(lengths) == 1:
+        arrays = {"image": np.asarray([r["image"] for r in ok], dtype=str)}
+        for mode in ("insertion", "deletion"):
+            arrays[f"x_{mode}"] = np.asarray([rec["x"] for rec in recs], dtype=np.float64)
+            arrays[f"y_{mode}"] = np.asarray([rec[f"y_{mode}"] for rec in recs], dtype=np.float64)
+        R.write_curves(run.out, arrays)
+        R.plot_mean_curves(run.out, {m: (arrays[f"x_{m}"], arrays[f"y_{m}"]) for m in ("insertion", "deletion")},
+                           title=f"{s.convention} insertion/deletion, baseline {s.baseline}, {s.steps} steps, "
+                           f"{len(ok)} images", ylabel=f"{s.score} of the target", seed=s.seed)
+        files.update(curves="curves.npz", plot="curves.png")
+    R.write_per_image(run.out, rows)
+    counts = {"images": len(rows), "evaluated": len(ok), "skipped": R.skipped_counts(rows),
+              "forwards": sum(sc.forwards for sc in run.scorers.values())}
+    per_class = R.summarise(ok, ["insertion_auc", "deletion_auc"], s.bootstrap, s.seed, group_key="target")
+    timing = {"loop_s": loop_s, "model_s": sum(sc.model_seconds for sc in run.scorers.values())}
+    doc = R.eval_document("faithfulness", settings, counts, metrics, model=run.model, per_class=per_class,
+                          extra={"timing": timing, "notes": [] if len(lengths) <= 1 else
+                                 ["maps with different grids give curves of different lengths: curves.npz not "
+                                  "written (per-image values in per_image.csv)"]},
+                          files=_files(run.out, **files))
+    R.write_eval_json(run.out, doc)
+    return doc
+
+
+def run_mufidelity(s: Any) -> dict[str, Any]:
+    """`eval mufidelity`: seeded xplique MuFidelity / Quantus-style faithfulness correlation (§3)."""
+    from xaiclip_cli.metrics import insertion_deletion as ID
+    from xaiclip_cli.metrics import mufidelity as MF
+    from xaiclip_cli.metrics.scoring import image_seed
+
+    kind, value = ID.parse_baseline(s.baseline)
+    settings = {"protocol": "mufidelity", "subset": s.subset, "grid_size": s.grid_size, "samples": s.samples,
+                "subset_percent": s.subset_percent, "subset_size": s.subset_size, "corr": s.corr,
+                "upsampling": "torch nearest-exact", "baseline": {"kind": kind, "value": value},
+                "mask_seed": f"PCG64(SeedSequence([seed, crc32(map key)])), seed {s.seed}",
+                "nan_rule": "constant delta or attribution -> 0", **_model_common(s), "seed": s.seed,
+                "bootstrap": s.bootstrap, "bootstrap_seed": s.seed}
+    run = _ModelRun(s, "mufidelity", settings)
+    for group in run.batches(1):
+        it, row, names, sc, img = group[0]
+        x = sc.pixels([img])
+        t = _targets(run, group, x)[0]
+        try:
+            phi = ID.resize_bilinear(ID.channel_mean(it.phi), sc.size)
+            ID.check_finite(phi)
+        except ID.InvalidMap as exc:
+            run.record({**row, "status": "skipped", "reason": exc.reason})
+            continue
+        base = ID.make_baseline(kind, x, mean=sc.mean, std=sc.std, value=value, seed=s.seed)[0]
+        rng = image_seed(s.seed, it.stem or it.key)
+        if s.subset == "bernoulli":
+            keep = MF.bernoulli_masks(rng, s.samples, s.grid_size, sc.size, s.subset_percent)
+        else:
+            keep = MF.fixed_masks(rng, s.samples, (int(x.shape[1]), *sc.size), s.subset_size)
+
+        def f(b: Any, t: int = t, sc: Any = sc) -> Any:
+            return sc.scores(b)[:, t]
+
+        rho, delta, _attr = MF.mufidelity_image(f, x[0], phi, base, keep, s.corr, s.batch_size)
+        run.record({**row, "target": names[t], "target_index": t, "mufidelity": rho,
+                    "delta_std": float(np.std(delta))})
+    rows = run.rows()
+    ok = [r for r in rows if r["status"] == "ok"]
+    metrics = R.summarise(ok, ["mufidelity"], s.bootstrap, s.seed)
+    R.write_per_image(run.out, rows)
+    counts = {"images": len(rows), "evaluated": len(ok), "skipped": R.skipped_counts(rows)}
+    doc = R.eval_document("mufidelity", settings, counts, metrics, model=run.model,
+                          per_class=R.summarise(ok, ["mufidelity"], s.bootstrap, s.seed, group_key="target"),
+                          files=_files(run.out, per_image="per_image.csv"))
+    R.write_eval_json(run.out, doc)
+    return doc
+
+
+def run_drop(s: Any) -> dict[str, Any]:
+    """`eval drop`: average drop, increase in confidence, average gain (§4)."""
+    import torch
+
+    from xaiclip_cli.metrics import drop as D
+    from xaiclip_cli.metrics import insertion_deletion as ID
+
+    _check_relative_drop(s)
+    settings = {"protocol": "average_drop", "ad_variant": s.ad_variant, "mask_space": s.mask_space,
+                "mask": "map min-max to [0,1] at input size (bilinear)", "gain": "ReLU(O-Y)/(1-Y)",
+                **_model_common(s), "seed": s.seed, "bootstrap": s.bootstrap, "bootstrap_seed": s.seed}
+    run = _ModelRun(s, "drop", settings)
+    for group in run.batches(s.batch_size):
+        by_sc: dict[int, list[int]] = {}
+        for j, g in enumerate(group):
+            by_sc.setdefault(id(g[3]), []).append(j)
+        for js in by_sc.values():
+            sub = [group[j] for j in js]
+            sc = sub[0][3]
+            x = sc.pixels([g[4] for g in sub])
+            tg = _targets(run, sub, x)
+            keep, ms = [], []
+            for j, (it, row, *_r) in enumerate(sub):
+                try:
+                    m = ID.resize_bilinear(ID.channel_mean(it.phi), sc.size)
+                    ID.check_finite(m)
+                except ID.InvalidMap as exc:
+                    run.record({**row, "status": "skipped", "reason": exc.reason})
+                    continue
+                keep.append(j)
+                ms.append(D.minmax(m))
+            if not keep:
+                continue
+            xs = x[keep]
+            mt = torch.as_tensor(np.stack(ms), dtype=xs.dtype, device=xs.device)[:, None]
+            masked = xs * mt if s.mask_space == "normalised" else sc.from_pixel_space(sc.to_pixel_space(xs) * mt)
+            tt = torch.as_tensor([tg[j] for j in keep])
+            y = sc(xs, tt).double().cpu().numpy()
+            o = sc(masked, tt).double().cpu().numpy()
+            vals = D.drop_values(y, o, s.ad_variant)
+            for k, j in enumerate(keep):
+                it, row, names = sub[j][0], sub[j][1], sub[j][2]
+                run.record({**row, "target": names[int(tt[k])], "target_index": int(tt[k]), "Y": float(y[k]),
+                            "O": float(o[k]), **{n: float(v[k]) for n, v in vals.items()}})
+    rows = run.rows()
+    ok = [r for r in rows if r["status"] == "ok"]
+    keys = ["average_drop", "increase_in_confidence", "average_gain"]
+    metrics = R.summarise(ok, keys, s.bootstrap, s.seed)
+    R.write_per_image(run.out, rows)
+    counts = {"images": len(rows), "evaluated": len(ok), "skipped": R.skipped_counts(rows)}
+    doc = R.eval_document("drop", settings, counts, metrics, model=run.model,
+                          per_class=R.summarise(ok, keys, s.bootstrap, s.seed, group_key="target"),
+                          extra={"notes": ["papers report AD and IC x100"]},
+                          files=_files(run.out, per_image="per_image.csv"))
+    R.write_eval_json(run.out, doc)
+    return doc
+
+
+# ------------------------------------------------------------------------------------------------------ sanity
+def _sanity_images(s: Any) -> tuple[list[np.ndarray], list[str], list[str] | None]:
+    """(images, keys, class names) from --dataset (first --limit of --split) or --images."""
+    from xaiclip_cli.explain.api import load_image
+
+    n = s.limit or 8
+    if s.dataset:
+        from xaiclip_cli.data.refs import open_source
+
+        src = open_source(s.dataset)
+        size = src.split_sizes().get(s.split, 0)
+        if size == 0:
+            raise UsageError(f"--dataset {s.dataset}: split {s.split!r} is empty")
+        idx = list(range(min(n, size)))
+        return ([src.get(s.split, i).image for i in idx], [f"{s.split}_{i:05d}" for i in idx],
+                [str(c) for c in (src.info().class_names or [])] or None)
+    files: list[Path] = []
+    for p in s.images:
+        p = Path(p)
+        if not p.exists():
+            raise UsageError(f"--images {p}: no such file or folder")
+        files.extend([p] if p.is_file() else sorted(q for q in p.rglob("*") if q.suffix.lower() in
+                                                     (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")))
+    if not files:
+        raise UsageError("no images: give --dataset REF or --images PATH")
+    files = files[:n]
+    return [load_image(f) for f in files], [f.stem for f in files], None
+
+
+def run_sanity(s: Any) -> dict[str, Any]:
+    """`eval sanity`: randomisation and random-prompt checks of a CAM method (metrics.md §9)."""
+    import torch
+
+    from xaiclip_cli.explain.api import CamRunner
+    from xaiclip_cli.metrics import sanity as S
+
+    images, keys, classes = _sanity_images(s)
+    if len(images) < 2:
+        raise UsageError("sanity needs at least two images (the pass band compares maps of different images)")
+    texts = list(s.text) or ([f"a photo of a {c}" for c in classes] if classes else [])
+    if len(texts) < 2:
+        raise UsageError("sanity needs at least two texts: give --text (repeatable) or a --dataset with classes")
+    out = R.prepare_dir(s.output_dir, s.overwrite)
+    backend = _load_backend(s)
+    names = [f"t{i}" for i in range(len(texts))]
+    tmap = dict(zip(names, texts, strict=True))
+    # Targets fixed on the trained model (so every step explains the same text).
+    probe = CamRunner(backend, tmap, s.method, "best", s.target_layer, s.cam_score)
+    with torch.no_grad():
+        g, _ = backend.encode_image(probe.pixels(images))
+        targets = backend.score(g.float(), probe.text_global.float(), "logit").argmax(1).tolist()
+    if s.target not in ("sidecar", "best"):
+        from xaiclip_cli.explain.targets import parse_target
+
+        t = parse_target(s.target, names if not s.target.lstrip("-").isdigit() else names)
+        targets = [int(t)] * len(images)
+    layer = None if s.method == "legrad" else (s.target_layer or probe.resolve_layer(probe.pixels(images[:1])).name)
+
+    used: set[str] = set()
+
+    def maps_for(text_map: dict[str, str], tg: list[int]) -> list[np.ndarray]:
+        res: list[np.ndarray | None] = [None] * len(images)
+        for t in sorted(set(tg)):
+            idx = [i for i, k in enumerate(tg) if k == t]
+            runner = CamRunner(backend, text_map, s.method, int(t), layer, s.cam_score)
+            for i, r in zip(idx, runner.run([images[i] for i in idx], batch_size=8), strict=True):
+                own = min(r.raw.shape) >= S.SSIM_WINDOW  # SSIM's 7x7 window needs a grid at least that big
+                used.add("own grid" if own else "input size (grid smaller than the SSIM window)")
+                res[i] = r.raw if own else r.map
+        return [np.asarray(m, dtype=np.float64) for m in res]
+
+    trained = maps_for(tmap, targets)
+    band = S.random_pair_baseline(trained, s.pairs, s.seed)
+    checks: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {"image": np.asarray(keys, dtype=str)}
+    per_image: list[dict[str, Any]] = [{"image": k, "target": texts[t], "label": "", "status": "ok", "reason": ""}
+                                       for k, t in zip(keys, targets, strict=True)]
+
+    def record(name: str, steps: list[str], sims: dict[str, np.ndarray]) -> None:
+        # Cascading and prompt checks are judged at the last step (everything randomised / the other prompt); the
+        # independent variant has no "fully randomised" step, so it is judged on the mean over its steps.
+        def final(v: np.ndarray) -> np.ndarray:
+            return v[:, 1:].mean(axis=1) if name == "image_independent" else v[:, -1]
+
+        checks[name] = {"steps": steps, **{f"{k}_mean": v.mean(axis=0).tolist() for k, v in sims.items()},
+                        "verdict": {k: S.verdict(final(v), band[k], s.bootstrap, s.seed) for k, v in sims.items()},
+                        "judged_on": "mean over steps" if name == "image_independent" else "last step"}
+        arrays[f"steps_{name}"] = np.asarray(steps, dtype=str)
+        for k, v in sims.items():
+            arrays[f"sim_{name}_{k}"] = v
+            for i, row in enumerate(per_image):
+                row[f"{name}_{k}_final"] = float(final(v)[i])
+
+    def tower_check(name: str, tower: str, independent: bool) -> None:
+        units = S.tower_units(backend, tower)
+        snap = S.Snapshot(backend.model if hasattr(backend, "model") else backend.vision_module())
+        try:
+            steps, maps = S.randomisation_curve(lambda: maps_for(tmap, targets), units, order=s.order,
+                                                independent=independent, seed=s.seed)
+        finally:
+            snap.restore()
+        record(name, steps, S.curve_similarities(steps, maps))
+
+    if "image" in s.checks:
+        tower_check("image_cascading", "image", False)
+    if "text" in s.checks:
+        tower_check("text_cascading", "text", False)
+    if "independent" in s.checks:
+        tower_check("image_independent", "image", True)
+    if "prompt" in s.checks:
+        rng = np.random.Generator(np.random.PCG64(s.seed))
+        other = [int(rng.choice([j for j in range(len(texts)) if j != t])) for t in targets]
+        other_maps = maps_for(tmap, other)
+        # one runner per random prompt and image (prompts differ per target text)
+        rand_maps = []
+        for i, t in enumerate(targets):
+            rp = S.random_token_prompt(backend, texts[t], rng)
+            runner = CamRunner(backend, {**tmap, "random": rp}, s.method, len(texts), layer, s.cam_score)
+            r = runner.run([images[i]])[0]
+            rand_maps.append(np.asarray(r.raw if min(r.raw.shape) >= S.SSIM_WINDOW else r.map, np.float64))
+        sims = {k: np.zeros((len(images), 3)) for k in ("spearman", "ssim")}
+        for i in range(len(images)):
+            for j, m in enumerate((trained[i], other_maps[i], rand_maps[i])):
+                v = S.similarity(m, trained[i])
+                for k in sims:
+                    sims[k][i, j] = v[k]
+        record("prompt_other_text", ["target", "other text"], {k: v[:, :2] for k, v in sims.items()})
+        record("prompt_random_tokens", ["target", "random tokens"], {k: v[:, [0, 2]] for k, v in sims.items()})
+    R.write_curves(out, arrays)
+    _plot_sanity(out, checks, band, s.method)
+    R.write_per_image(out, per_image)
+    metrics = {f"{c}/{k}_final": {"mean": v["verdict"][k]["final_mean"], "ci_low": v["verdict"][k]["ci_low"],
+                                  "ci_high": v["verdict"][k]["ci_high"], "n": len(images)}
+               for c, v in checks.items() for k in ("spearman", "ssim")}
+    table = [{"check": c, "sim": k, "final": v["verdict"][k]["final_mean"], "band": v["verdict"][k]["band"],
+              "margin": v["verdict"][k]["margin"], "pass": v["verdict"][k]["pass"]}
+             for c, v in checks.items() for k in ("ssim", "spearman")]
+    settings = {"protocol": "sanity", "method": s.method, "cam_score": s.cam_score, "layer": layer,
+                "order": s.order, "checks": list(s.checks), "reinit": "reset_parameters per submodule, else "
+                "N(0, 0.02), torch seed = seed + step", "similarity": {"spearman": "scipy spearmanr of |maps|",
+                "ssim": f"skimage structural_similarity, gaussian sigma {S.SSIM_SIGMA:.4f} (7x7), data_range 1, "
+                "min-max maps"}, "map_resolution": sorted(used), "pass_band": f"mean similarity of {s.pairs} seeded "
+                "random pairs of maps of different images (trained model)", "targets": "best text on the trained "
+                "model" if s.target in ("sidecar", "best") else s.target, "seed": s.seed, "bootstrap": s.bootstrap}
+    doc = R.eval_document("sanity", settings, {"images": len(images), "evaluated": len(images), "skipped": {}},
+                          metrics, model={k: v for k, v in (backend.provenance() or {}).items()
+                                          if k in ("backend", "model_id", "model_revision", "sha256")},
+                          extra={"sanity": checks, "band": band, "tables": {"verdicts": table}, "texts": texts},
+                          files=_files(out, per_image="per_image.csv", curves="curves.npz", plot="sanity.png"))
+    R.write_eval_json(out, doc)
+    return doc
+
+
+def _plot_sanity(out: Path, checks: dict[str, Any], band: dict[str, float], method: str) -> None:
+    """sanity.png: mean SSIM and Spearman per randomisation step with the random-pair band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {c: v for c, v in checks.items() if not c.startswith("prompt")}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for ax, k in zip(axes, ("ssim", "spearman"), strict=True):
+        for c, v in curves.items():
+            ax.plot(range(len(v["steps"])), v[f"{k}_mean"], marker="o", ms=3, label=c)
+        for c, v in checks.items():
+            if c.startswith("prompt"):
+                ax.scatter([len(max(curves.values(), key=lambda q: len(q["steps"]))["steps"]) - 1 if curves else 1],
+                           [v[f"{k}_mean"][-1]], marker="x", label=c)
+        if np.isfinite(band[k]):
+            ax.axhline(band[k], color="k", ls="--", lw=1, label="random-pair band")
+        ax.set_xlabel("randomisation step (0 = trained)")
+        ax.set_ylabel(f"{k} to the trained map")
+        ax.set_ylim(top=1.05)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"sanity checks: {method}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "sanity.png")
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------ compare
+_NOT_COMPARED = ("image", "image_stem", "target", "label", "status", "reason", "method", "split", "layout",
+                 "target_index", "pred",
+                 "k", "n_features", "tuned_t", "otsu_t", "area_tertile")
+_SETTING_KEYS_IGNORED = ("store",)
+
+
+def _read_result(d: Path) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    import csv
+    import json
+
+    ej, pc = d / "eval.json", d / "per_image.csv"
+    if not ej.is_file() or not pc.is_file():
+        raise UsageError(f"{d}: not an eval result folder (needs eval.json and per_image.csv)")
+    doc = json.loads(ej.read_text(encoding="utf-8"))
+    with open(pc, newline="", encoding="utf-8") as fh:
+        rows = {r["image"]: r for r in csv.DictReader(fh)}
+    return doc, rows
+
+
+def _image_key(name: str, method: str | None) -> str:
+    """The image part of a map key: cam/attrib names end in _<method>_<target>; drop the method to pair images."""
+    if method and f"_{method}_" in name:
+        return name.split(f"_{method}_")[0]
+    return name
+
+
+def run_compare(s: Any) -> dict[str, Any]:
+    """`eval compare A B`: paired comparison of two results on the images they share (metrics.md §11)."""
+    from xaiclip_cli.metrics.bootstrap import check_comparable, paired_comparison
+
+    if len(s.results) != 2:
+        raise UsageError("give exactly two result folders: --results A --results B")
+    (da, ra), (db, rb) = (_read_result(Path(p)) for p in s.results)
+    if da["command"] != db["command"]:
+        raise UsageError(f"cannot compare a {da['command']} result with a {db['command']} result")
+    check_comparable(da["settings"], db["settings"], ignore=_SETTING_KEYS_IGNORED)
+
+    def keyed(rows: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        # Pair by the explained image and target (map names differ between methods).
+        return {f"{r.get('image_stem') or _image_key(k, r.get('method'))}|{r.get('target', '')}": r
+                for k, r in rows.items() if r.get("status", "ok") == "ok"}
+
+    ka, kb = keyed(ra), keyed(rb)
+    shared = sorted(set(ka) & set(kb))
+    if not shared:
+        raise UsageError("the two results share no evaluated image")
+    out = R.prepare_dir(s.output_dir, s.overwrite, ("compare.json",))
+    metrics: dict[str, Any] = {}
+    for col in ka[shared[0]]:
+        if col in _NOT_COMPARED:
+            continue
+        try:
+            a = np.array([float(ka[k][col]) for k in shared])
+            b = np.array([float(kb[k][col]) for k in shared])
+        except (ValueError, KeyError):
+            continue  # empty (undefined) values or a column only one side has
+        metrics[f"{col} (A - B)"] = paired_comparison(a, b, s.bootstrap, s.seed)
+    doc = {"schema": R.SCHEMA, "command": "compare", "settings": {"compared": da["command"], **da["settings"]},
+           "counts": {"images": len(shared), "evaluated": len(shared), "skipped": {},
+                      "only_in_a": len(set(ka) - set(kb)), "only_in_b": len(set(kb) - set(ka))},
+           "metrics": metrics, "extra": {"a": str(s.results[0]), "b": str(s.results[1]),
+                                         "tables": {"paired": [{"metric": k, "mean_diff": v["mean"],
+                                                                "ci_low": v["ci_low"], "ci_high": v["ci_high"],
+                                                                "wilcoxon_p": v["wilcoxon_p"], "n": v["n"]}
+                                                               for k, v in metrics.items()]}},
+           "files": {"dir": str(out), "compare": "compare.json"}}
+    import json
+
+    (out / "compare.json").write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
     return doc

@@ -230,41 +230,45 @@ def perturbation_curves(
     baseline: Any,
     ranks: Any,
     cnt: Sequence[np.ndarray] | np.ndarray,
-    mode: Mode,
+    mode: Mode | Sequence[Mode],
     targets: Sequence[int] | None = None,
     batch_size: int = 64,
-) -> list[np.ndarray]:
+) -> Any:
     """Scores y_i for every image and step: deletion x with its first n_i features at the baseline, insertion the
-    reverse. All (image, step) pairs are forwarded in batches of ``batch_size`` (the result never depends on it).
+    reverse. All (image, mode, step) triples are forwarded in batches of ``batch_size`` (the result never depends
+    on it); giving both modes fills the batches across the two curves.
 
-    x, baseline: [B,C,H,W] on the model's device; ranks: [B,H,W] int64; cnt: one counts array for all or one per image.
+    x, baseline: [B,C,H,W] on the model's device; ranks: [B,H,W] int64; cnt: one counts array for all or one per
+    image. Returns a list of curves (one mode) or {mode: list of curves} (several modes).
     """
     import torch
 
+    modes = [mode] if isinstance(mode, str) else list(mode)
+    for m in modes:
+        if m not in ("deletion", "insertion"):
+            raise ValueError(f"unknown mode {m!r}")
     b = int(x.shape[0])
-    per = [np.asarray(cnt)] * b if isinstance(cnt, np.ndarray) or np.ndim(cnt[0]) == 0 else list(cnt)
-    if isinstance(cnt, np.ndarray) and cnt.ndim == 2:
-        per = list(cnt)
+    arr = np.asarray(cnt, dtype=object) if not isinstance(cnt, np.ndarray) else cnt
+    per = list(cnt) if (isinstance(cnt, list) or (isinstance(arr, np.ndarray) and arr.ndim == 2)) else [cnt] * b
     ranks = torch.as_tensor(ranks, device=x.device)
     tg = list(range(b)) if targets is None else list(targets)
-    jobs = [(i, int(n)) for i in range(b) for n in per[i]]
-    out: list[list[float]] = [[] for _ in range(b)]
+    jobs = [(i, int(n), m) for m in modes for i in range(b) for n in per[i]]
+    out: dict[str, list[list[float]]] = {m: [[] for _ in range(b)] for m in modes}
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         img = torch.as_tensor([j[0] for j in chunk], device=x.device)
         thr = torch.as_tensor([j[1] for j in chunk], device=x.device).view(-1, 1, 1)
-        chosen = (ranks[img] < thr).unsqueeze(1)  # [b,1,H,W]: features perturbed at this step
-        if mode == "deletion":
-            batch = torch.where(chosen, baseline[img], x[img])
-        elif mode == "insertion":
-            batch = torch.where(chosen, x[img], baseline[img])
-        else:
-            raise ValueError(f"unknown mode {mode!r}")
+        ins = torch.as_tensor([j[2] == "insertion" for j in chunk], device=x.device).view(-1, 1, 1)
+        chosen = ranks[img] < thr  # [b,H,W]: features perturbed at this step
+        # deletion: chosen features take the baseline; insertion: the unchosen ones do
+        use_base = (chosen ^ ins).unsqueeze(1)
+        batch = torch.where(use_base, baseline[img], x[img])
         scores = score_fn(batch, torch.as_tensor([tg[j[0]] for j in chunk], device=x.device))
         vals = scores.detach().double().cpu().numpy().reshape(-1)
-        for (i, _), v in zip(chunk, vals, strict=True):
-            out[i].append(float(v))
-    return [np.asarray(v, dtype=np.float64) for v in out]
+        for (i, _, m), v in zip(chunk, vals, strict=True):
+            out[m][i].append(float(v))
+    res = {m: [np.asarray(v, dtype=np.float64) for v in out[m]] for m in modes}
+    return res[modes[0]] if isinstance(mode, str) else res
 
 
 # ------------------------------------------------------------------------------------- protocol (a): recorded

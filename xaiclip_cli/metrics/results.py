@@ -19,13 +19,21 @@ Schema (stable; `eval report` reads it):
                     sanity verdicts and similarity curves, notes such as "AUC undefined: one class")
     ``files``       {"per_image": "per_image.csv", "curves": "curves.npz" | null, "plot": "curves.png" | null, ...}
 
-``per_image.csv`` — one row per (image, target[, method]) with columns ``image``, ``target``, ``label``,
-``status`` (ok | skipped), ``reason`` (empty when ok: nan, bad_shape, empty_mask, missing_mask, ...), then one
-column per per-image metric (empty when skipped). Skipped rows are listed, never averaged.
+``per_image.csv`` — one row per (image, target[, method]) with columns ``image`` (the map key), ``target``,
+``label``, ``status`` (ok | skipped), ``reason`` (empty when ok: nan, bad_shape, empty_mask, missing_mask,
+missing_image, incomplete, missing_json, unreadable, ...), then ``method`` and ``image_stem`` (the explained
+image, used to pair methods) where known, then one column per per-image metric (empty when skipped or
+undefined). Skipped rows are listed, never averaged.
 
 ``curves.npz`` — ``image`` (str [n], same order as the ok rows of per_image.csv) and per curve kind K:
-``x_K`` float64 [n, s+1] and ``y_K`` float64 [n, s+1] (K = insertion | deletion; sanity: ``sim_<check>_<sim>``
-[n, steps+1] with ``steps_<check>`` names). ``curves.png`` draws the mean curves with their bootstrap bands.
+``x_K`` float64 [n, s+1] and ``y_K`` float64 [n, s+1] (K = insertion | deletion; smdl: NaN-padded to the longest
+curve since k varies). sanity: ``sim_<check>_<spearman|ssim>`` [n, steps+1] and ``steps_<check>`` (str, step 0 =
+"trained"). ``curves.png`` (faithfulness, smdl) draws the mean curves with bootstrap bands; sanity writes
+``sanity.png``.
+
+Other files: ``progress.jsonl`` (model-based commands: header {"settings"} then one record per image; the resume
+log), ``concept_scores.npz``/``.csv`` (zeroshot with concept templates: scores [N,K], ids, labels, split,
+concepts), ``compare.json`` (`eval compare`: the paired comparison, same top-level keys as eval.json).
 """
 
 from __future__ import annotations
