@@ -41,6 +41,7 @@ from xaiclip_cli.viz.report_sources import Item, detect_kind
 from xaiclip_cli.viz.thumbs import draw_contour, region_order_image, sparkline_svg
 
 KEYS = [f"test_{i:05d}" for i in range(3)]
+TOY = ["--backend", "toy", "--model", "toy-cnn", "--device", "cpu", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,10 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "loc": run_eval("localization", "--maps", str(cam), "--output-dir", str(root / "loc"), "--bootstrap", "200"),
         "smdl": run_eval("smdl", "--results", str(attrib), "--output-dir", str(root / "smdl"), "--bootstrap", "200"),
         "zs": run_eval("zeroshot", "--h5", str(store), "--output-dir", str(root / "zs"), "--bootstrap", "100"),
+        "faith": run_eval("faithfulness", *TOY, "--maps", str(cam), "--steps", "8", "--output-dir",
+                          str(root / "faith"), "--bootstrap", "100"),
+        "sanity": run_eval("sanity", *TOY, "--dataset", "toycells", "--limit", "3", "--checks", "image,prompt",
+                           "--pairs", "10", "--output-dir", str(root / "sanity"), "--bootstrap", "50"),
     }
     runs = [store, cam, *(root / k for k in docs), attrib]
     return {"root": root, "runs": runs, "docs": docs, "cam": cam, "attrib": attrib, "store": store}
@@ -76,13 +81,18 @@ def report(inputs: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- without a browser
 def test_report_joins_every_input_by_image(report: dict[str, Any], inputs: dict[str, Any]) -> None:
     s = report["summary"]
-    assert [i["kind"] for i in s["inputs"]] == ["store", "cam", "eval", "eval", "eval", "eval", "eval", "attrib"]
+    assert [i["kind"] for i in s["inputs"]] == ["store", "cam", *["eval"] * 7, "attrib"]
     assert s["gallery_items"] == len(KEYS) and s["gallery_shown"] == len(KEYS)
     # Metric names two inputs share are told apart by folder; names only one input has stay as they are.
     for name in ("eval_gradcam: insertion_auc", "eval_scorecam: deletion_auc", "smdl: insertion_auc",
+                 "faith: insertion_auc", "image_cascading_ssim_final",
                  "gradcam score", "attrib insertion AUC (recorded)", "pointing_hit", "energy"):
         assert name in s["metrics"], name
     assert s["sort_by"] == "eval_gradcam: insertion_auc"
+    # Protocol (a) (smdl) and (b) (faithfulness) curves never share a panel; sanity curves get their own.
+    for panel in ("insertion (faithfulness)", "insertion (smdl)", "deletion (smdl)", "sim_image_cascading_ssim",
+                  "sim_prompt_other_text_spearman", "recorded insertion (attrib)"):
+        assert panel in s["curve_panels"], panel
     # Localisation rows name the cam maps (test/test_00000_gradcam_...): joined to the cam image they explain.
     loc = per_image(inputs["root"] / "loc", "energy")
     assert len(loc) == len(KEYS) and all(k.startswith(tuple(KEYS)) for k in loc)

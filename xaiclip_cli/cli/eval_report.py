@@ -23,6 +23,7 @@ class ReportResult(BaseModel):
     gallery_shown: int = 0
     sort_by: str | None = None
     metrics: list[str] = Field(default_factory=list)
+    curve_panels: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
 
     def __rich_tables__(self) -> list[Any]:

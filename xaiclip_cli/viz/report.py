@@ -22,6 +22,7 @@ import numpy as np
 
 from xaiclip_cli.errors import UsageError, XaiclipError
 from xaiclip_cli.viz.report_sections import (
+    MAX_PANELS,
     collect_stats,
     comparison_table,
     curves_figure,
@@ -327,12 +328,22 @@ def _comparison_html(sources: Sequence[Source]) -> str:
     return "".join(out)
 
 
+def panel_name(curve: str, command: str) -> str:
+    """The figure panel of one curve kind of one eval command (sanity names already say what they are)."""
+    return curve if curve.startswith("sim_") else f"{curve} ({command})"
+
+
 def _dataset_curves(sources: Sequence[Source]) -> dict[str, dict[str, tuple[np.ndarray | None, np.ndarray]]]:
-    """Curve name → input label → (x, y): eval curves.npz, plus attrib recorded curves when their lengths agree."""
+    """Panel → input label → (x, y): eval curves.npz, plus attrib recorded curves when their lengths agree.
+
+    Panels are per command and curve name: protocol (a) (smdl, recorded scores) and (b) (faithfulness, re-run
+    model) never share axes (metrics.md §1).
+    """
     out: dict[str, dict[str, tuple[np.ndarray | None, np.ndarray]]] = {}
     for src in sources:
+        command = str(src.results.get("command") or src.kind)
         for name, (x, y) in src.curves.items():
-            out.setdefault(name, {})[src.label] = (x, y)
+            out.setdefault(panel_name(name, command), {})[src.label] = (x, y)
         if src.kind == "attrib":
             per: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
             for it in src.items:
@@ -372,12 +383,19 @@ def render_html(sources: Sequence[Source], *, max_images: int = 200, thumb: int 
     if comparison:
         parts.append(f'<section id="comparison"><h2>Method vs method</h2>{comparison}</section>')
     curves = _dataset_curves(sources)
+    if len(curves) > MAX_PANELS:
+        warnings.append(f"{len(curves) - MAX_PANELS} curve panel(s) not drawn (at most {MAX_PANELS}): "
+                        + ", ".join(list(curves)[MAX_PANELS:]))
     if curves:
         bands: dict[str, dict[str, float]] = {}
+        ticks: dict[str, list[str]] = {}
         for src in sources:
+            command = str(src.results.get("command") or src.kind)
             for name, level in src.bands.items():
-                bands.setdefault(name, {})[src.label] = level
-        uri = curves_figure(curves, bands)
+                bands.setdefault(panel_name(name, command), {})[src.label] = level
+            for name, labels in src.ticks.items():
+                ticks.setdefault(panel_name(name, command), labels)
+        uri = curves_figure(curves, bands, ticks)
         if uri:
             counters["images"] += 1
             parts.append('<section id="curves"><h2>Mean curves (band: 95 % bootstrap interval of the mean)</h2>'
@@ -415,6 +433,7 @@ def render_html(sources: Sequence[Source], *, max_images: int = 200, thumb: int 
            f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
            + "".join(parts) + f"<script>{_JS}</script></body></html>\n")
     info = {"gallery_items": len(ordered), "gallery_shown": len(shown), "sort_by": sort_metric,
+            "curve_panels": list(curves)[:MAX_PANELS],
             "metrics": metrics, "warnings": warnings, "pictures": counters["images"]}
     return doc, info
 
@@ -450,4 +469,5 @@ def build_report(runs: Sequence[Path], out: Path, *, max_images: int = 200, thum
             "inputs": [{"path": str(s.path), "kind": s.kind, "label": s.label, "items": len(s.items),
                         "curves": len(s.curves), "configs": list(s.configs)} for s in sources],
             "gallery_items": info["gallery_items"], "gallery_shown": info["gallery_shown"],
-            "sort_by": info["sort_by"], "metrics": info["metrics"], "warnings": info["warnings"]}
+            "sort_by": info["sort_by"], "metrics": info["metrics"], "curve_panels": info["curve_panels"],
+            "warnings": info["warnings"]}

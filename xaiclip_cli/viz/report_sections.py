@@ -350,7 +350,8 @@ def _bootstrap_band(y: np.ndarray, seed: int = 0, n_boot: int = 500) -> tuple[np
 
 
 def curves_figure(curves: Mapping[str, Mapping[str, tuple[np.ndarray | None, np.ndarray]]],
-                  bands: Mapping[str, Mapping[str, float]] | None = None) -> str | None:
+                  bands: Mapping[str, Mapping[str, float]] | None = None,
+                  ticks: Mapping[str, Sequence[str]] | None = None) -> str | None:
     """One PNG (data URI): a panel per curve name, a line per input; [N, T] curves show the mean and its band.
 
     ``bands`` (curve name → input → level) draws a dashed reference line: the sanity checks' random-pair band.
@@ -369,19 +370,21 @@ def curves_figure(curves: Mapping[str, Mapping[str, tuple[np.ndarray | None, np.
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
+        sanity = name.startswith("sim_")
         for i, (src, (x, y)) in enumerate(curves[name].items()):
             colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
             y2 = y if y.ndim == 2 else y[None, :]
             if not np.isfinite(y2).any():
                 continue
             mean, lo, hi = _bootstrap_band(y2)
-            xx = x if x is not None else np.linspace(0.0, 1.0, y2.shape[1])
+            default_x = np.arange(y2.shape[1], dtype=float) if sanity else np.linspace(0.0, 1.0, y2.shape[1])
+            xx = x if x is not None else default_x
             if xx.ndim == 2:  # per-image x (attrib areas): the mean x of each step
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
                     xx = np.nanmean(xx, axis=0)
             if xx.shape[0] != mean.shape[0]:
-                xx = np.linspace(0.0, 1.0, mean.shape[0])
+                xx = default_x
             n = y2.shape[0]
             ax.plot(xx, mean, color=colour, lw=1.6, label=f"{src} (n={n})")
             if n > 1:
@@ -390,8 +393,12 @@ def curves_figure(curves: Mapping[str, Mapping[str, tuple[np.ndarray | None, np.
             if level is not None:
                 ax.axhline(level, color=colour, ls="--", lw=1, label=f"{src}: random-pair band")
         ax.set_title(name, fontsize=10)
-        sanity = name.startswith("sim_")
-        ax.set_xlabel("randomisation step (0 = trained)" if sanity else "fraction", fontsize=8)
+        labels = list((ticks or {}).get(name, []))
+        if sanity and labels:
+            ax.set_xticks(range(len(labels)), [t if len(t) <= 14 else t[:13] + "…" for t in labels], rotation=40,
+                          ha="right", fontsize=6)
+        ax.set_xlabel(("prompt" if "prompt" in name else "randomisation step (0 = trained)") if sanity
+                      else "fraction", fontsize=8)
         ax.set_ylabel("similarity to the trained map" if sanity else "score", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

@@ -69,6 +69,7 @@ class Source:
     short: str = ""  # label prefixed to per-image metric names that two inputs share (default: label)
     aliases: dict[str, str] = field(default_factory=dict)  # other names of an image (a cam map name) → its key
     bands: dict[str, float] = field(default_factory=dict)  # curve name → reference level (sanity pass band)
+    ticks: dict[str, list[str]] = field(default_factory=dict)  # curve name → x tick labels (sanity step names)
 
     def __post_init__(self) -> None:
         self.short = self.short or self.label
@@ -82,14 +83,14 @@ def detect_kind(path: Path) -> str:
         if path.suffix.lower() in _STORE_SUFFIXES:
             return "store"
         raise UsageError(f"{path}: not a store file (.h5) or a cam/attrib/eval output folder")
-    if (path / "eval.json").is_file():
+    if (path / "eval.json").is_file() or (path / "compare.json").is_file():
         return "eval"
     if (path / "run.json").is_file() and (path / "items").is_dir():
         return "attrib"
     if (path / "manifest.jsonl").is_file():
         return "cam"
     raise UsageError(f"{path}: not a cam, attrib or eval output folder (no manifest.jsonl, run.json + items/, "
-                     "or eval.json)")
+                     "eval.json or compare.json)")
 
 
 def read_source(path: Path, datasets: DatasetCache | None = None) -> Source:
@@ -426,8 +427,9 @@ def _read_attrib(path: Path, datasets: DatasetCache) -> Source:
 
 # ------------------------------------------------------------------------------------------------------ eval
 # per_image.csv columns that describe a row rather than measure it (metrics.results schema, plus older names).
-NON_METRIC = {"image", "target", "label", "status", "reason", "method", "layout", "area_tertile", "split", "index",
-              "id", "k", "otsu_t", "tuned_t", "seed", "mask", "mask_path", "mask_file", "path", "file", "stem", "name"}
+NON_METRIC = {"image", "image_stem", "target", "label", "status", "reason", "method", "layout", "area_tertile",
+              "split", "index", "id", "k", "otsu_t", "tuned_t", "seed", "mask", "mask_path", "mask_file", "path",
+              "file", "stem", "name"}
 
 
 # Columns shown under a gallery item's name (the rest stay in per_image.csv).
@@ -478,7 +480,8 @@ def _read_per_image(path: Path, src: Source, datasets: DatasetCache, metric_name
     items = []
     for i, r in enumerate(rows):
         raw_key = (r.get(key_col) or "") if key_col else ""
-        item = Item(row_key(raw_key) or f"row{i:05d}")
+        # image_stem names the explained image (pairs methods); image is the map's key.
+        item = Item(row_key(r.get("image_stem") or "") or row_key(raw_key) or f"row{i:05d}")
         prefix = f"{r['method']} " if by_method and r.get("method") else ""
         for c in metric_cols:
             v = _finite(r.get(c))
@@ -493,6 +496,18 @@ def _read_per_image(path: Path, src: Source, datasets: DatasetCache, metric_name
             item.mask = _mask_file(r[mask_col])
         items.append(item)
     return items
+
+
+def _step_names(z: Any) -> dict[str, list[str]]:
+    """Sanity ``steps_<check>`` labels keyed by the curves they label (``sim_<check>_<similarity>``)."""
+    steps = {k[len("steps_"):]: [str(v) for v in np.asarray(z[k]).reshape(-1)] for k in z.files
+             if k.startswith("steps_") and np.asarray(z[k]).dtype.kind in "US"}
+    out = {}
+    for k in z.files:
+        for check, labels in steps.items():
+            if k.startswith(f"sim_{check}_"):
+                out[k] = labels
+    return out
 
 
 def _curve_keys(z: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
@@ -526,9 +541,10 @@ def _curve_keys(z: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], n
 
 
 def _read_eval(path: Path, datasets: DatasetCache) -> Source:
-    doc = _json(path / "eval.json")
+    doc_path = path / "eval.json" if (path / "eval.json").is_file() else path / "compare.json"  # `eval compare`
+    doc = _json(doc_path)
     if not isinstance(doc, dict):
-        raise UsageError(f"{path / 'eval.json'}: expected a JSON object")
+        raise UsageError(f"{doc_path}: expected a JSON object")
     label = str(doc.get("command") or doc.get("metric") or doc.get("kind") or path.name)
     src = Source("eval", path, path.name if label == path.name else f"{path.name} ({label})", short=path.name)
     src.provenance = _provenance_of(doc)
@@ -553,6 +569,7 @@ def _read_eval(path: Path, datasets: DatasetCache) -> Source:
         try:
             with np.load(curves_path, allow_pickle=False) as z:
                 ys, xs, names = _curve_keys(z)
+                src.ticks = _step_names(z)
         except Exception as exc:  # noqa: BLE001
             src.warnings.append(f"{src.label}: curves.npz unreadable ({type(exc).__name__})")
             ys, xs, names = {}, {}, None
