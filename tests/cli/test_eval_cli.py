@@ -107,6 +107,10 @@ def test_smdl_refuses_attrib_folders_with_different_configs(tmp_path: Path) -> N
     r = _run(["eval", "smdl", "--results", str(tmp_path / "a"), "--results", str(tmp_path / "b"),
               "--output-dir", str(tmp_path / "o")], code=2)
     assert "different attrib config" in r["stderr"] and "lambdas" in r["stderr"]
+    # the same check guards attrib folders given as rank maps
+    r = _run(["eval", "localization", "--maps", str(tmp_path / "a"), "--maps", str(tmp_path / "b"), "--dataset",
+              "toycells", "--output-dir", str(tmp_path / "o")], code=2)
+    assert "different attrib config" in r["stderr"]
     r = _run(["eval", "smdl", "--results", str(tmp_path / "none"), "--output-dir", str(tmp_path / "o")], code=2)
     assert "no such folder" in r["stderr"]
 

@@ -142,11 +142,12 @@ def test_bad_maps_are_skipped_and_counted(tmp_path: Path) -> None:
     np.save(d / "test_00001.npy", np.zeros((2, 3, 4, 5)))  # not a map shape
     np.save(d / "test_00002.npy", np.random.default_rng(1).random((8, 8)))
     np.save(d / "zzz_nomatch.npy", np.random.default_rng(2).random((8, 8)))  # no image for this stem
+    np.save(d / "test_00003.npy", np.random.default_rng(3).random((8, 12)))  # stretched: not the image's shape
     out = tmp_path / "o"
     doc = _run(["eval", "faithfulness", *BASE, "--maps", str(d), "--dataset", "toycells", "--text", "a lymphocyte",
                 "--text", "a neutrophil", "--target", "best", "--steps", "4", "--output-dir", str(out),
                 "--bootstrap", "0"])
-    assert doc["evaluated"] == 1 and doc["skipped"] == {"nan": 1, "bad_shape": 1, "missing_image": 1}
+    assert doc["evaluated"] == 1 and doc["skipped"] == {"nan": 1, "bad_shape": 2, "missing_image": 1}
     full = json.loads((out / "eval.json").read_text())
     assert full["metrics"]["deletion_auc"]["n"] == 1  # never averaged in
 

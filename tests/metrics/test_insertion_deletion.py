@@ -161,6 +161,10 @@ def test_nan_map_and_bad_shape_raise_invalid() -> None:
     with pytest.raises(ID.InvalidMap) as e:
         ID.pixel_ranks(np.zeros((2, 3, 4, 5)), (4, 5))
     assert e.value.reason == "bad_shape"
+    with pytest.raises(ID.InvalidMap) as e:  # stretched map: another aspect ratio than the image
+        ID.pixel_ranks(np.random.default_rng(0).random((8, 12)), (64, 64))
+    assert e.value.reason == "bad_shape"
+    assert ID.pixel_ranks(np.random.default_rng(0).random((7, 7)), (224, 224)).shape == (224, 224)
 
 
 def test_baselines_in_normalised_space() -> None:

@@ -391,6 +391,7 @@ def run_localization(s: Any) -> dict[str, Any]:
         rows.append({**row, **vals})
     ok = [r for r in rows if r["status"] == "ok"]
     keys = [k for k in (ok[0] if ok else {}) if k not in ("image", "target", "label", "status", "reason", "method",
+                                                           "image_stem",
                                                            "target_score", "otsu_t", "tuned_t")]
     metrics = R.summarise(ok, keys, s.bootstrap, s.seed)
     extra: dict[str, Any] = {"notes": notes}
@@ -673,8 +674,10 @@ def run_mufidelity(s: Any) -> dict[str, Any]:
         x = sc.pixels([img])
         t = _targets(run, group, x)[0]
         try:
-            phi = ID.resize_bilinear(ID.channel_mean(it.phi), sc.size)
+            phi = ID.channel_mean(it.phi)
             ID.check_finite(phi)
+            ID.check_aspect(phi.shape, sc.size)
+            phi = ID.resize_bilinear(phi, sc.size)
         except ID.InvalidMap as exc:
             run.record({**row, "status": "skipped", "reason": exc.reason})
             continue
@@ -727,8 +730,10 @@ def run_drop(s: Any) -> dict[str, Any]:
             keep, ms = [], []
             for j, (it, row, *_r) in enumerate(sub):
                 try:
-                    m = ID.resize_bilinear(ID.channel_mean(it.phi), sc.size)
+                    m = ID.channel_mean(it.phi)
                     ID.check_finite(m)
+                    ID.check_aspect(m.shape, sc.size)
+                    m = ID.resize_bilinear(m, sc.size)
                 except ID.InvalidMap as exc:
                     run.record({**row, "status": "skipped", "reason": exc.reason})
                     continue

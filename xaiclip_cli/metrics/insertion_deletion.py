@@ -62,6 +62,15 @@ def check_finite(phi: np.ndarray) -> None:
         raise InvalidMap("nan", "map holds NaN or inf values")
 
 
+def check_aspect(shape: Sequence[int], size: Sequence[int]) -> None:
+    """Raise InvalidMap('bad_shape') when a map's aspect ratio differs from the image's (it cannot be registered;
+    resizing would stretch it)."""
+    h, w = int(shape[0]), int(shape[1])
+    want = int(size[0]) / int(size[1])
+    if abs(h / w - want) > 0.02 * want:  # 2 %: grids of odd strides round, stretched maps do not
+        raise InvalidMap("bad_shape", f"map of size {h}×{w} does not match the {size[0]}×{size[1]} image")
+
+
 def resize_bilinear(phi: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a 2-D map, ``align_corners=False`` (torch, float64), identity at the same size."""
     if tuple(phi.shape) == tuple(size):
@@ -106,6 +115,7 @@ def pixel_ranks(phi: np.ndarray, size: tuple[int, int], unit: str = "input", con
     """
     m = channel_mean(phi)
     check_finite(m)
+    check_aspect(m.shape, size)
     if unit == "input":
         r = resize_bilinear(m, size)
         return rank_of(feature_order(r, convention)).reshape(size)

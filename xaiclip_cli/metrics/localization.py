@@ -9,13 +9,20 @@ from __future__ import annotations
 import numpy as np
 
 from xaiclip_cli.metrics.drop import minmax
-from xaiclip_cli.metrics.insertion_deletion import InvalidMap, channel_mean, check_finite, resize_bilinear
+from xaiclip_cli.metrics.insertion_deletion import (
+    InvalidMap,
+    channel_mean,
+    check_aspect,
+    check_finite,
+    resize_bilinear,
+)
 
 
 def prepare(phi: np.ndarray, mask_shape: tuple[int, int]) -> np.ndarray:
     """The map after ReLU, bilinearly resized to the mask resolution (float64); NaN → InvalidMap."""
     m = channel_mean(phi)
     check_finite(m)
+    check_aspect(m.shape, mask_shape)
     return resize_bilinear(np.maximum(m, 0.0), mask_shape)
 
 

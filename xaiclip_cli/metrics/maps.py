@@ -129,6 +129,7 @@ def collect(inputs: list[Path], limit: int | None = None) -> list[MapItem]:
     """Every map under the given files/folders (recursive, sorted by key; hidden and temporary files skipped)."""
     if not inputs:
         raise UsageError("no maps: give --maps FILE|DIR (cam run output, attrib OUT, or .npy maps)")
+    check_attrib_configs([Path(p) for p in inputs if (Path(p) / "run.json").is_file()])
     items: list[MapItem] = []
     for p in inputs:
         p = Path(p)

@@ -182,7 +182,8 @@ def summarise(rows: Sequence[Mapping[str, Any]], metric_keys: Sequence[str], b: 
     out: dict[str, Any] = {}
     for k in metric_keys:
         vals = [r.get(k) for r in ok]
-        good = np.array([v for v in vals if v is not None and np.isfinite(v)], dtype=np.float64)
+        good = np.array([v for v in vals if isinstance(v, (int, float, np.floating, np.integer)) and
+                         not isinstance(v, bool) and np.isfinite(v)], dtype=np.float64)
         s = bootstrap_ci(good, b, seed)
         s["n_undefined"] = len(vals) - int(good.size)
         out[k] = s
