@@ -429,7 +429,7 @@ def _read_attrib(path: Path, datasets: DatasetCache) -> Source:
 # per_image.csv columns that describe a row rather than measure it (metrics.results schema, plus older names).
 NON_METRIC = {"image", "image_stem", "target", "label", "status", "reason", "method", "layout", "area_tertile",
               "split", "index", "id", "k", "otsu_t", "tuned_t", "seed", "mask", "mask_path", "mask_file", "path",
-              "file", "stem", "name"}
+              "file", "stem", "name", "target_score"}
 
 
 # Columns shown under a gallery item's name (the rest stay in per_image.csv).
@@ -471,10 +471,9 @@ def _read_per_image(path: Path, src: Source, datasets: DatasetCache, metric_name
         return any(_finite(v) is not None for v in cells) and all(
             v == "" or _finite(v) is not None or v.lower() in ("nan", "inf", "-inf") for v in cells)
 
-    if metric_names:
-        metric_cols = [c for c in cols if c in metric_names and c != key_col]
-    else:
-        metric_cols = [c for c in cols if c not in NON_METRIC and c != key_col and numeric(c)]
+    # What eval.json summarises, plus any other numeric column (sanity writes <check>_<sim>_final per image
+    # and summarises it as <check>/<sim>_final); descriptive columns never count.
+    metric_cols = [c for c in cols if c != key_col and (c in metric_names or (c not in NON_METRIC and numeric(c)))]
     methods = {r.get("method") for r in rows if r.get("method")}
     by_method = len(methods) > 1  # one eval over several methods: metric names carry the method
     items = []
