@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from xaiclip_cli import __version__
-from xaiclip_cli.cli import attrib, cam, db, store, train
+from xaiclip_cli.cli import attrib, cam, db, eval_report, store, train  # noqa: F401  (eval_report registers itself)
 from xaiclip_cli.cli import eval as eval_group
 
 app = typer.Typer(
