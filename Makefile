@@ -29,7 +29,6 @@ demo: install
 	@echo "== store: encode the toy-cells prompts and all 1500 toy cells with the shipped toy-vit (CLS + patch tokens)"
 	$(XAICLIP) store text --h5 $(DEMO_OUT)/toycells.h5 --prompts toycells
 	$(XAICLIP) store image --h5 $(DEMO_OUT)/toycells.h5 --dataset toycells
-	$(XAICLIP) store merge --h5 $(DEMO_OUT)/toycells.h5
 	@echo "== db: read the library back"
 	$(XAICLIP) db summarize --h5 $(DEMO_OUT)/toycells.h5
 	$(XAICLIP) db tree --h5 $(DEMO_OUT)/toycells.h5
@@ -43,16 +42,42 @@ demo: install
 	@echo "== cam: heatmaps of image-text alignment on toy cells (toy-cnn and toy-vit)"
 	$(XAICLIP) cam methods
 	$(XAICLIP) cam layers --model toy-cnn --dataset toycells
-	$(XAICLIP) cam run --model toy-cnn --dataset toycells --limit 4 --method gradcam --score dot --output-dir $(DEMO_OUT)/cam $(TOY_TEXTS)
-	$(XAICLIP) cam run --model toy-vit --dataset toycells --limit 4 --method layercam --output-dir $(DEMO_OUT)/cam $(TOY_TEXTS)
-	$(XAICLIP) cam run --model toy-vit --dataset toycells --limit 4 --method legrad --output-dir $(DEMO_OUT)/cam $(TOY_TEXTS)
+	$(XAICLIP) cam run --model toy-cnn --dataset toycells --limit 8 --method gradcam --score dot --output-dir $(DEMO_OUT)/cam_gradcam $(TOY_TEXTS)
+	$(XAICLIP) cam run --model toy-cnn --dataset toycells --limit 8 --method layercam --score dot --output-dir $(DEMO_OUT)/cam_layercam $(TOY_TEXTS)
+	$(XAICLIP) cam run --model toy-vit --dataset toycells --limit 4 --method legrad --output-dir $(DEMO_OUT)/cam_legrad $(TOY_TEXTS)
+	@echo "== attrib: submodular region attribution (exact greedy and the lazy fast mode) on 4 toy cells"
+	$(XAICLIP) attrib run --model toy-vit --dataset toycells --limit 4 --search exact --output-dir $(DEMO_OUT)/attrib_exact
+	$(XAICLIP) attrib run --model toy-vit --dataset toycells --limit 4 --search lazy --output-dir $(DEMO_OUT)/attrib_lazy
+	$(XAICLIP) attrib merge $(DEMO_OUT)/attrib_exact
+	$(XAICLIP) attrib merge $(DEMO_OUT)/attrib_lazy
+	$(XAICLIP) attrib show $(DEMO_OUT)/attrib_exact --out $(DEMO_OUT)/attrib_exact/show
+	$(XAICLIP) attrib baseline --method gradient --model toy-vit --dataset toycells --limit 4 --output-dir $(DEMO_OUT)/baseline
+	@echo "== eval: every metric on those outputs"
+	$(XAICLIP) eval smdl --results $(DEMO_OUT)/attrib_exact --output-dir $(DEMO_OUT)/eval_smdl_exact
+	$(XAICLIP) eval smdl --results $(DEMO_OUT)/attrib_lazy --output-dir $(DEMO_OUT)/eval_smdl_lazy
+	$(XAICLIP) eval faithfulness --model toy-cnn --maps $(DEMO_OUT)/cam_gradcam --output-dir $(DEMO_OUT)/eval_faith_gradcam
+	$(XAICLIP) eval faithfulness --model toy-cnn --maps $(DEMO_OUT)/cam_layercam --output-dir $(DEMO_OUT)/eval_faith_layercam
+	$(XAICLIP) eval compare --results $(DEMO_OUT)/eval_faith_gradcam --results $(DEMO_OUT)/eval_faith_layercam --output-dir $(DEMO_OUT)/eval_compare
+	$(XAICLIP) eval mufidelity --model toy-cnn --maps $(DEMO_OUT)/cam_gradcam --output-dir $(DEMO_OUT)/eval_mufidelity
+	$(XAICLIP) eval drop --model toy-cnn --maps $(DEMO_OUT)/cam_gradcam --output-dir $(DEMO_OUT)/eval_drop
+	$(XAICLIP) eval localization --maps $(DEMO_OUT)/cam_gradcam --dataset toycells --output-dir $(DEMO_OUT)/eval_loc_gradcam
+	$(XAICLIP) eval localization --maps $(DEMO_OUT)/cam_layercam --dataset toycells --output-dir $(DEMO_OUT)/eval_loc_layercam
+	$(XAICLIP) eval sanity --model toy-vit --dataset toycells --limit 4 --method layercam --output-dir $(DEMO_OUT)/eval_sanity
+	$(XAICLIP) eval zeroshot --h5 $(DEMO_OUT)/toycells.h5 --output-dir $(DEMO_OUT)/eval_zeroshot
+	$(XAICLIP) eval probe --h5 $(DEMO_OUT)/toycells.h5 --output-dir $(DEMO_OUT)/eval_probe
 	@echo "== train: patient tree -> split -> fit per modality -> extract -> fuse; a short CLIP run"
 	$(XAICLIP) train toy-tree --output-dir $(DEMO_OUT)/tree
 	$(XAICLIP) train pipeline --root-dir $(DEMO_OUT)/tree --output-dir $(DEMO_OUT)/train --model test_resnet \
 	  --pretrained false --image-size 64 --epochs 3 --batch-size 16 --learning-rate 1e-3 --device cpu \
 	  --num-workers 0 --best-hparams-dir $(DEMO_OUT)/train/best_hparams
 	$(XAICLIP) train show $(DEMO_OUT)/train/pipeline-A
-	$(XAICLIP) train clip --config configs/toy-vit.yaml --epochs 1 --output-dir $(DEMO_OUT)/clip
+	$(XAICLIP) train clip --config toy-vit --epochs 1 --output-dir $(DEMO_OUT)/clip
+	@echo "== report: one self-contained HTML page of everything above (its path is the last line)"
+	$(XAICLIP) eval report $(DEMO_OUT)/toycells.h5 $(DEMO_OUT)/cam_gradcam $(DEMO_OUT)/cam_layercam $(DEMO_OUT)/attrib_exact \
+	  $(DEMO_OUT)/attrib_lazy $(DEMO_OUT)/eval_smdl_exact $(DEMO_OUT)/eval_smdl_lazy $(DEMO_OUT)/eval_faith_gradcam \
+	  $(DEMO_OUT)/eval_faith_layercam $(DEMO_OUT)/eval_compare $(DEMO_OUT)/eval_mufidelity $(DEMO_OUT)/eval_drop \
+	  $(DEMO_OUT)/eval_loc_gradcam $(DEMO_OUT)/eval_loc_layercam $(DEMO_OUT)/eval_sanity $(DEMO_OUT)/eval_zeroshot \
+	  $(DEMO_OUT)/eval_probe --out $(DEMO_OUT)/report.html --quiet
 
 test: install
 	$(PY) -m pytest -q
