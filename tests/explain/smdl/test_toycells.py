@@ -11,7 +11,7 @@ from xaiclip_cli.explain.smdl import ClipScorer, SmdlConfig, attribute_image, te
 from xaiclip_cli.models.registry import load_backend
 
 K = 5
-IMAGES = 10
+IMAGES = 6
 
 
 def test_first_regions_lie_on_the_target_cell() -> None:
@@ -35,6 +35,6 @@ def test_first_regions_lie_on_the_target_cell() -> None:
             area.append(m.mean())
     finally:
         torch.set_num_threads(threads)
-    # Measured (first 10 test images, exact, k = 5): 0.377 of the selected pixels inside the cell mask vs a mask
-    # area share of 0.202 (1.87× chance). The margin asserted is 1.5×.
+    # Measured (first 6 test images, exact, k = 5): 0.369 of the selected pixels inside the cell mask vs a mask
+    # area share of 0.195 (1.89× chance; 0.377 vs 0.202 on 10 images). The margin asserted is 1.5×.
     assert np.mean(inside) >= 1.5 * np.mean(area), (np.mean(inside), np.mean(area))
