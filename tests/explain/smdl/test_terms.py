@@ -258,3 +258,14 @@ def test_bad_masks_and_target() -> None:
         attribute(sc, x, b, torch.ones(1, 12, 12, dtype=torch.bool), 0, SmdlConfig(), nb)
     with pytest.raises(UsageError, match="differ in size"):
         attribute(sc, x, b, masks[:, :6], 0, SmdlConfig(), nb)
+
+
+def test_bidirectional_without_back_list_is_exact() -> None:
+    """With P ≥ n no back list is built: the order and curves are exact greedy's."""
+    sc, x, b, masks = _setup()
+    nb = np.ones((12, 12), bool)
+    ex = attribute(sc, x, b, masks, 1, SmdlConfig(), nb)
+    bi = attribute(sc, x, b, masks, 1, SmdlConfig(search="bidirectional", pending=20), nb)
+    assert bi.order.tolist() == ex.order.tolist() and bi.front_len == 9
+    np.testing.assert_allclose(bi.consistency, ex.consistency, atol=1e-6)
+    np.testing.assert_allclose(bi.collaboration, ex.collaboration, atol=1e-6)

@@ -158,6 +158,8 @@ class _Engine:
         self.lambdas = tuple(float(v) for v in cfg.lambdas)
         self.family = scorer.family
         self.pred: int | None = None
+        self.p_full_vec: torch.Tensor | None = None  # set by attribute(): p(full image), p(fill only)
+        self.p_black_vec: torch.Tensor | None = None
         self.candidates: list[dict[str, Any]] = []
 
     def set_mask(self, members: list[int]) -> torch.Tensor:
@@ -176,17 +178,28 @@ class _Engine:
         m = len(cands)
         out = torch.empty((m, *base_img.shape), dtype=base_img.dtype, device=base_img.device)
         out.copy_(base_img.expand_as(out))
-        idx = torch.cat([self.pix3[c] + i * self.plane for i, c in enumerate(cands)])
+        lens = torch.tensor([len(self.pix3[c]) for c in cands], device=out.device)
+        offsets = torch.repeat_interleave(torch.arange(m, device=out.device) * self.plane, lens)
+        idx = torch.cat([self.pix3[c] for c in cands]) + offsets
         vals = torch.cat([self.src[src][c] for c in cands])
         out.view(-1).index_copy_(0, idx, vals)
         return out
 
-    def probs_of_sets(self, base: list[int], cands: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(p of base∪α kept, p of I − (base∪α) kept) for each α, batched per side under max_batch."""
+    def probs_of_sets(self, base: list[int], cands: list[int],
+                      images: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p of base∪α kept, p of I − (base∪α) kept) for each α, batched per side under max_batch.
+
+        ``images``: the two candidate batches when the caller maintains them (exact mode), else built here.
+        """
+        cap = int(self.cfg.max_batch) or len(cands)
+        if images is not None:
+            ins, comp = images
+            p_ins = [self.scorer.probs(ins[i:i + cap]) for i in range(0, len(cands), cap)]
+            p_comp = [self.scorer.probs(comp[i:i + cap]) for i in range(0, len(cands), cap)]
+            return torch.cat(p_ins), torch.cat(p_comp)
         base_mask = self.set_mask(base)
         ins_base = torch.where(base_mask, self.x[0], self.b[0])
         comp_base = torch.where(self.union & ~base_mask, self.x[0], self.b[0])
-        cap = int(self.cfg.max_batch) or len(cands)
         p_ins = [self.scorer.probs(self._paste_batch(ins_base, cands[i:i + cap], "x"))
                  for i in range(0, len(cands), cap)]
         p_comp = [self.scorer.probs(self._paste_batch(comp_base, cands[i:i + cap], "b"))
@@ -210,12 +223,18 @@ class _Engine:
             out.append(self.scorer.features(torch.where(self.masks[i:i + cap, None], self.x, self.b)))
         return torch.cat(out).float()
 
+    def paste_all(self, buf: torch.Tensor, m: int, element: int, src: str) -> None:
+        """Copy element's pixels from x̃ or b̃ into rows 0..m−1 of a candidate batch, in place."""
+        p = self.pix3[element]
+        idx = (p[None, :] + torch.arange(m, device=buf.device)[:, None] * self.plane).reshape(-1)
+        buf.view(-1).index_copy_(0, idx, self.src[src][element].repeat(m))
+
     def evaluate(self, base: list[int], cands: list[int], dist: torch.Tensor, side: str = "front",
-                 step: int = 0) -> dict[str, torch.Tensor]:
+                 step: int = 0, images: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Terms of base ∪ {α} for each α in cands. side 'front': kept = base∪α; 'back': removed = base∪α."""
         dev = self.masks.device
         c = torch.as_tensor(cands, dtype=torch.long, device=dev)
-        p_add, p_comp = self.probs_of_sets(base, cands)
+        p_add, p_comp = self.probs_of_sets(base, cands, images)
         sets = torch.cat([torch.as_tensor(base, dtype=torch.long, device=dev).expand(len(cands), len(base)),
                           c[:, None]], dim=1)
         eff = effectiveness_of_sets(dist, sets)
@@ -254,13 +273,25 @@ def _exact(eng: _Engine, dist: torch.Tensor, k: int) -> dict[str, Any]:
     rec: dict[str, list[float]] = {t: [] for t in TERMS}
     p_pred: list[float] = []
     last_p_comp_black = None
+    # Both candidate batches live across steps: after a pick, its pixels are pasted into every row and its row is
+    # dropped by shifting the later rows up (about half the bytes of rebuilding the batches, same values).
+    ins = eng._paste_batch(eng.b[0], remaining, "x")
+    comp = eng._paste_batch(torch.where(eng.union, eng.x[0], eng.b[0]), remaining, "b")
     for step in range(k):
-        ev = eng.evaluate(selected, remaining, dist, "front", step)
+        m = len(remaining)
+        ev = eng.evaluate(selected, remaining, dist, "front", step, images=(ins[:m], comp[:m]))
         j = _pick(ev["objective"])
         for t in TERMS:
             rec[t].append(float(ev[t][j]))
         if eng.pred is not None:
             p_pred.append(float(ev["p_kept"][j, eng.pred]))
+        a = remaining[j]
+        if step + 1 < k:
+            eng.paste_all(ins, m, a, "x")
+            eng.paste_all(comp, m, a, "b")
+            for r in range(j, m - 1):  # ascending row copies never overlap
+                ins[r].copy_(ins[r + 1])
+                comp[r].copy_(comp[r + 1])
         selected.append(remaining.pop(j))
         if not remaining:
             last_p_comp_black = 1.0 - rec["collaboration"][-1]
@@ -277,6 +308,16 @@ def _lazy_front(eng: _Engine, dist: torch.Tensor, selected: list[int], remaining
     cfg = eng.cfg
     l2 = eng.lambdas[1]
     dev = dist.device
+    if len(remaining) == 1 and eng.p_full_vec is not None and eng.p_black_vec is not None and bool(eng.union.all()):
+        # The last region: kept = the full image, complement = the fill only; both already forwarded.
+        pf, pb = eng.p_full_vec[None], eng.p_black_vec[None]
+        eff = float(effectiveness_of_sets(dist, torch.as_tensor(selected + remaining, device=dev)[None])[0])
+        conf = confidence_term(pf, eng.target, eng.family)
+        obj = objective_of(eng.lambdas, conf, torch.tensor([eff], device=dev), pf[:, eng.target],
+                           1 - pb[:, eng.target])
+        terms = {"confidence": float(conf[0]), "effectiveness": eff, "consistency": float(pf[0, eng.target]),
+                 "collaboration": float(1 - pb[0, eng.target]), "objective": float(obj[0])}
+        return 0, terms, float(pf[0, eng.pred]) if eng.pred is not None else None
     full = step % int(cfg.lazy_refresh) == 0 or len(remaining) <= int(cfg.lazy_batch) or not cache
     if full:
         order = list(range(len(remaining)))
@@ -410,8 +451,6 @@ def _bidirectional(eng: _Engine, dist: torch.Tensor, lazy: bool, f_empty: float,
     p_all = torch.cat([p_kept_all, p_black_all])
     order = front + back[::-1]
     n_front_rec = len(inc["objective"])
-    all_sets = torch.arange(n, device=dev)[None]
-    eff_all = float(effectiveness_of_sets(dist, all_sets)[0])
     # Stitched curves: entry j describes kept set = first j+1 regions of the order. Front entries come from the
     # front records; the others from the back record t = n−1−j (kept = I − D_t: consistency p(I − D_t),
     # collaboration 1 − p(D_t)), with t = 0 from the extra forwards. Effectiveness and objective are those of the
@@ -421,7 +460,7 @@ def _bidirectional(eng: _Engine, dist: torch.Tensor, lazy: bool, f_empty: float,
     for jj in range(n_front_rec, n):
         t_back = n - 1 - jj
         kept = torch.as_tensor(order[:jj + 1], dtype=torch.long, device=dev)[None]
-        eff = float(effectiveness_of_sets(dist, kept)[0]) if jj < n - 1 else eff_all
+        eff = float(effectiveness_of_sets(dist, kept)[0])  # summed in selection order, as the curves are
         if t_back == 0:
             p_k = p_all[0:1]
             conf = float(confidence_term(p_k, eng.target, eng.family)[0])
@@ -478,6 +517,7 @@ def attribute(scorer: Any, x_norm: torch.Tensor, fill_norm: torch.Tensor, masks:
         # Exact gets p(fill only) from its last complement; lazy modes need F(∅) for their first gains.
         need_black = cfg.search == "lazy" or cfg.lazy or (cfg.search == "exact" and k < n)
         p_black_vec = scorer.probs(eng.b)[0] if need_black else None
+        eng.p_full_vec, eng.p_black_vec = p_full_vec, p_black_vec
         f_empty = 0.0
         if p_black_vec is not None:
             # F(∅): the fill-only image kept, the full image as complement (lazy gains start from it).
