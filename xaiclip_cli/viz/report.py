@@ -31,6 +31,7 @@ from xaiclip_cli.viz.report_sections import (
     kv_table,
     records_table,
     render_dict,
+    scalar_html,
 )
 from xaiclip_cli.viz.report_sources import DatasetCache, Item, Source, read_source
 
@@ -45,7 +46,7 @@ _CSS = """
 
 body{font:13px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;margin:0;color:#1b1b1b;background:#fafafa}
 header{background:#123;color:#fff;padding:12px 20px}header h1{margin:0;font-size:20px}
-header p{margin:4px 0 0;opacity:.8}main{padding:8px 20px 40px}
+header p{margin:4px 0 0;opacity:.8}nav{padding:6px 20px;font-size:12px}nav a{color:#0b5394}main{padding:8px 20px 40px}
 section{background:#fff;border:1px solid #ddd;border-radius:6px;margin:12px 0;padding:8px 14px}
 h2{font-size:16px;margin:6px 0 8px}h3{font-size:14px;margin:10px 0 4px}h4,h5,h6{font-size:13px;margin:8px 0 4px}
 table{border-collapse:collapse;margin:4px 0 8px;font-size:12px}
@@ -257,6 +258,36 @@ def _provenance_html(src: Source) -> str:
     return "".join(out)
 
 
+def _counts_html(counts: dict[str, Any]) -> str:
+    """``images 3, evaluated 3, skipped none`` (nested reason counts inline)."""
+    if not counts:
+        return "-"
+    parts = []
+    for k, v in counts.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a} {b}" for a, b in v.items()) or "none"
+        parts.append(f"{esc(k)} {scalar_html(v) if not isinstance(v, str) else esc(v)}")
+    return ", ".join(parts)
+
+
+def _provenance_summary(sources: Sequence[Source]) -> str:
+    """One row per input: kind, model, weights hash (first 12 hex, full on hover), data set, counts."""
+    rows = []
+    for src in sources:
+        prov = src.provenance
+        full = str(prov.get("weights hash", ""))
+        short = full.split(":")[-1][:12]
+        counts = prov.get("counts") or {}
+        dataset = prov.get("dataset", "")
+        rows.append(
+            f'<tr><th>{esc(src.label)}</th><td><span class="kind">{esc(src.kind)}</span></td>'
+            f'<td>{esc(prov.get("model", "-"))}</td><td title="{esc(full)}"><code>{esc(short or "-")}</code></td>'
+            f'<td>{esc(json.dumps(dataset) if isinstance(dataset, dict) else dataset or "-")}</td>'
+            f"<td>{_counts_html(counts)}</td></tr>")
+    return ('<table class="records"><thead><tr><th>input</th><th>kind</th><th>model</th><th>weights hash</th>'
+            f'<th>data set</th><th>counts</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+
 def _results_html(src: Source) -> str:
     if not src.results:
         return ""
@@ -372,16 +403,17 @@ def render_html(sources: Sequence[Source], *, max_images: int = 200, thumb: int 
     warnings = [w for s in sources for w in s.warnings]
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
+    comparison_html = _comparison_html(sources)
     parts = [f'<header><h1>{esc(title)}</h1><p>xaiclip {esc(__version__)} · {esc(now)} · {len(sources)} input(s): '
              + esc(", ".join(f"{s.label} ({s.kind})" for s in sources)) + "</p></header><main>"]
-    parts.append('<section id="provenance"><h2>Provenance</h2><div class="prov">'
-                 + "".join(_provenance_html(s) for s in sources) + "</div></section>")
+    parts.append('<section id="provenance"><h2>Provenance</h2>' + _provenance_summary(sources)
+                 + '<details><summary>per input: versions, resolved configs</summary><div class="prov">'
+                 + "".join(_provenance_html(s) for s in sources) + "</div></details></section>")
     results = "".join(_results_html(s) for s in sources if s.kind in ("eval", "store", "attrib", "cam"))
     if results:
         parts.append(f'<div id="results">{results}</div>')
-    comparison = _comparison_html(sources)
-    if comparison:
-        parts.append(f'<section id="comparison"><h2>Method vs method</h2>{comparison}</section>')
+    if comparison_html:
+        parts.append(f'<section id="comparison"><h2>Method vs method</h2>{comparison_html}</section>')
     curves = _dataset_curves(sources)
     if len(curves) > MAX_PANELS:
         warnings.append(f"{len(curves) - MAX_PANELS} curve panel(s) not drawn (at most {MAX_PANELS}): "
@@ -426,6 +458,11 @@ def render_html(sources: Sequence[Source], *, max_images: int = 200, thumb: int 
     if warnings:
         parts.append('<section id="warnings"><h2>Warnings</h2><ul>'
                      + "".join(f'<li class="warn">{esc(w)}</li>' for w in warnings) + "</ul></section>")
+    body = "".join(parts)
+    links = [(i, t) for i, t in (("provenance", "provenance"), ("results", "results"), ("comparison", "method vs "
+             "method"), ("curves", "curves"), ("gallery-section", "per image"), ("warnings", "warnings"))
+             if f'id="{i}"' in body]
+    parts.insert(1, "<nav>" + " · ".join(f'<a href="#{i}">{t}</a>' for i, t in links) + "</nav>")
     parts.append("</main>")
     doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
