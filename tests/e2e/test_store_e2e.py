@@ -37,7 +37,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert t["written"] > 0 and t["skipped"] == 0
     i = _run(["store", "image", "--h5", str(h5), "--dataset", "toycells", "--limit", str(LIMIT), "--batch-size", "4",
               "--part-rows", "8", "--device", "cpu", "--threads", "1"])
-    assert (i["rows_total"], i["rows_written"], i["complete"], i["parts_total"]) == (3 * LIMIT, 3 * LIMIT, True, 3)
+    # Written as 3 parts (crash safety), finished as one self-contained file.
+    assert (i["rows_total"], i["rows_written"], i["complete"], i["parts_total"]) == (3 * LIMIT, 3 * LIMIT, True, 1)
+    assert i["layout"] == "single" and not h5.with_name("toy.parts").exists()
     return h5
 
 
@@ -108,6 +110,7 @@ def test_gpus_spawn_path_on_cpu_matches_one_process(store: Path, tmp_path: Path)
     res = _run(["store", "image", "--h5", str(h5), "--dataset", "toycells", "--limit", str(LIMIT), "--part-rows", "4",
                 "--batch-size", "4", "--gpus", "0,1", "--device", "cpu", "--threads", "1"])
     assert (res["world"], res["rows_written"], res["complete"], res["parts_total"]) == (2, 3 * LIMIT, True, 5)
+    assert res["layout"] == "single" and not (tmp_path / "spawn.parts").exists()  # merged into one file
     assert _run(["db", "verify", "--h5", str(h5), "--require-complete", "--full"])["ok"] is True
     with h5py.File(h5, "r") as a, h5py.File(store, "r") as b:
         np.testing.assert_allclose(a["image_features"][...], b["image_features"][...], atol=1e-5, rtol=0)
