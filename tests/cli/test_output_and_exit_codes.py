@@ -19,6 +19,14 @@ from tests.cli.demo_app import app
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def eight_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output conventions, not hardware: --gpus lists pass the device check as if this machine had 8 GPUs."""
+    import xaiclip_cli.devices as devices
+
+    monkeypatch.setattr(devices, "_cuda_state", lambda: (8, ""))
+
+
 def invoke(*args: str, env: dict | None = None):
     return runner.invoke(app, ["run", *args], env=env)
 
