@@ -89,24 +89,23 @@ def curves(result: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
     ``area_del`` is already the deletion x axis (1 − the non-black share left after removing the first j regions).
     """
+    from xaiclip_cli.metrics.insertion_deletion import smdl_curves
+
     r = check_result(result)
-    c, q = r["consistency"], r["collaboration"]
-    return {
-        "ins_x": r["area_ins"], "ins_y": np.concatenate([[1.0 - q[-1]], c]),
-        "del_x": r["area_del"], "del_y": np.concatenate([[c[-1]], 1.0 - q]),
-    }
+    xi, yi, xd, yd = smdl_curves(r["area_ins"], r["consistency"], r["collaboration"], r["area_del"])
+    return {"ins_x": xi, "ins_y": yi, "del_x": xd, "del_y": yd}
 
 
 def summary(result: Mapping[str, Any]) -> dict[str, Any]:
     """Insertion/deletion AUC (metrics.md §1, sklearn.metrics.auc), objective maximum, region counts."""
-    from sklearn.metrics import auc
+    from xaiclip_cli.explain.smdl.results import recorded_auc
 
     r = check_result(result)
-    cv = curves(result)
+    ins, dele = recorded_auc(r)  # the one formula eval smdl and attrib merge use too
     j = int(np.argmax(r["objective"]))  # first maximum, as the reference's smdl_score_max_index
     out: dict[str, Any] = {
-        "insertion_auc": float(auc(cv["ins_x"], cv["ins_y"])),
-        "deletion_auc": float(auc(cv["del_x"], cv["del_y"])),
+        "insertion_auc": ins,
+        "deletion_auc": dele,
         "objective_max": float(r["objective"][j]),
         "objective_max_index": j,
         "objective_max_regions": j + 1,

@@ -335,15 +335,15 @@ def _attrib_curves(z: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
     keys = set(z.files)
     if not {"consistency", "collaboration", "area_ins", "area_del"} <= keys:
         return []
-    cons = np.asarray(z["consistency"], float).reshape(-1)
-    colla = np.asarray(z["collaboration"], float).reshape(-1)
-    x_ins = np.asarray(z["area_ins"], float).reshape(-1)
-    x_del = np.asarray(z["area_del"], float).reshape(-1)
-    k = cons.size
-    if k < 1 or colla.size != k or x_ins.size != k + 1 or x_del.size != k + 1:
+    from xaiclip_cli.metrics.insertion_deletion import smdl_curves
+
+    try:
+        xi, yi, xd, yd = smdl_curves(z["area_ins"], z["consistency"], z["collaboration"], z["area_del"])
+    except ValueError:  # inconsistent lengths: the item is shown without curves
         return []
-    return [("insertion", x_ins, np.concatenate([[1.0 - colla[-1]], cons])),
-            ("deletion", x_del, np.concatenate([[cons[-1]], 1.0 - colla]))]
+    if xd.size != xi.size:
+        return []
+    return [("insertion", xi, yi), ("deletion", xd, yd)]
 
 
 def _name(value: Any) -> str:

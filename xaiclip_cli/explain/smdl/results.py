@@ -69,7 +69,7 @@ def recorded_auc(npz: dict[str, Any]) -> tuple[float, float]:
     Insertion: x = area_ins, y = [1 − collaboration_k] + consistency. Deletion: x = area_del,
     y = [consistency_k] + (1 − collaboration).
     """
-    from sklearn.metrics import auc
+    from xaiclip_cli.metrics.insertion_deletion import smdl_auc
 
     cons = np.asarray(npz["consistency"], dtype=np.float64)
     colla = np.asarray(npz["collaboration"], dtype=np.float64)
@@ -84,9 +84,7 @@ def recorded_auc(npz: dict[str, Any]) -> tuple[float, float]:
     if k < 1 or len(colla) != k or len(x_ins) != k + 1 or len(x_del) != k + 1:
         raise UsageError(f"recorded curves have inconsistent lengths (k={k}, collaboration {len(colla)}, "
                          f"area_ins {len(x_ins)}, area_del {len(x_del)})")
-    y_ins = np.concatenate([[1.0 - colla[-1]], cons])
-    y_del = np.concatenate([[cons[-1]], 1.0 - colla])
-    return float(auc(x_ins, y_ins)), float(auc(x_del, y_del))
+    return smdl_auc(x_ins, cons, colla, x_del)
 
 
 def lambda_dir(division: str, lambdas: tuple[float, ...], pending: int | None) -> str:
