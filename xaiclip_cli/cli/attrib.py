@@ -14,7 +14,8 @@ from xaiclip_cli.errors import UsageError
 
 app = group_app("Submodular region attribution (Less is More, ICLR 2024) with GPU and multi-node sharding.")
 
-_MODEL = ["backend", "model", "revision", "trust_remote_code", "classifier", "device", "gpus", "seed", "threads", "log_level"]
+_MODEL = ["backend", "model", "revision", "trust_remote_code", "classifier", "device", "gpus", "seed", "threads",
+          "log_level"]
 _CLASSES = ["text", "classes", "templates", "text_features", "h5", "template", "target", "logit_scale", "score"]
 _INPUTS = ["images", "recursive", "list_file", "image_root", "begin", "end", "dataset", "split", "limit"]
 _RUN = [*_MODEL, *_CLASSES, *_INPUTS, "division", "region_size", "grid", "prior", "prior_grid", "cells_per_region",

@@ -14,7 +14,7 @@ from xaiclip_cli.config.eval import EvalSettings
 app = group_app("Score explanations: insertion/deletion AUC, MuFidelity, localisation, zero-shot and probe scores.")
 
 _COMMON = ["output_dir", "overwrite", "bootstrap", "seed", "log_level"]
-_MODEL = ["backend", "model", "revision", "device", "threads", "gpus"]
+_MODEL = ["backend", "model", "revision", "trust_remote_code", "device", "threads", "gpus"]
 _MAPS = ["maps", "images", "dataset", "split", "limit"]
 _TARGET = ["text", "target", "score", "batch_size"]
 

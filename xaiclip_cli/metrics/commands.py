@@ -442,7 +442,8 @@ def _load_backend(s: Any) -> Any:
     device = s.device
     if s.gpus:
         device = f"cuda:{s.gpus[0]}"  # one process (metrics.md: multi-GPU sharding not implemented for eval)
-    backend = load_backend(s.backend, s.model, revision=s.revision, device="auto" if device == "auto" else device)
+    backend = load_backend(s.backend, s.model, revision=s.revision, device="auto" if device == "auto" else device,
+                           trust_remote_code=bool(getattr(s, "trust_remote_code", False)))
     return backend
 
 
