@@ -17,7 +17,7 @@ app = group_app("Submodular region attribution (Less is More, ICLR 2024) with GP
 _MODEL = ["backend", "model", "revision", "trust_remote_code", "classifier", "device", "gpus", "seed", "threads",
           "log_level"]
 _CLASSES = ["text", "classes", "templates", "text_features", "h5", "template", "target", "logit_scale", "score"]
-_INPUTS = ["images", "recursive", "list_file", "image_root", "begin", "end", "dataset", "split", "limit"]
+_INPUTS = ["images", "intensity", "recursive", "list_file", "image_root", "begin", "end", "dataset", "split", "limit"]
 _RUN = [*_MODEL, *_CLASSES, *_INPUTS, "division", "region_size", "grid", "prior", "prior_grid", "cells_per_region",
         "sam_masks", "search", "lazy", "pending", "lazy_batch", "lazy_refresh", "k", "lambdas", "fill", "max_batch",
         "bgr_compat", "amp", "record_candidates", "record_counterfactual", "output_dir", "export_smdl", "overwrite"]

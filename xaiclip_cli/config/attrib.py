@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from xaiclip_cli.config.base import group_config
-from xaiclip_cli.config.common import ModelSelection, RuntimeSettings
+from xaiclip_cli.config.common import ImageFileSettings, ModelSelection, RuntimeSettings
 
 # Fields that change how a run executes, not what it computes: a rerun differing only in these is a resume, and
 # `attrib merge` accepts shards that differ only in these.
@@ -20,7 +20,7 @@ EXECUTION_FIELDS = frozenset({
 DEFAULT_LIMIT = 1  # `attrib run` with no inputs: toy cells, this many images (seconds on a CPU)
 
 
-class AttribSettings(ModelSelection, RuntimeSettings):
+class AttribSettings(ModelSelection, ImageFileSettings, RuntimeSettings):
     """Which model, targets, images, division, search and objective; where results go."""
 
     group: ClassVar[str] = "attrib"

@@ -109,7 +109,7 @@ def build_entries(s: AttribSettings, source: Any = None) -> tuple[list[Entry], s
     if s.dataset:
         from xaiclip_cli.data.refs import open_source
 
-        src = source if source is not None else open_source(s.dataset)
+        src = source if source is not None else open_source(s.dataset, intensity=s.intensity)
         n = src.split_sizes().get(s.split, 0)
         if n == 0:
             raise UsageError(f"--dataset {s.dataset}: split {s.split!r} is empty")
@@ -230,7 +230,7 @@ def build_classes(s: AttribSettings, classifier_meta: dict[str, Any] | None = No
     elif s.dataset:
         from xaiclip_cli.data.refs import open_source
 
-        src = source if source is not None else open_source(s.dataset)
+        src = source if source is not None else open_source(s.dataset, intensity=s.intensity)
         names = [str(n) for n in (src.info().class_names or [])]
         if not names:
             raise UsageError(f"--dataset {s.dataset} names no classes: give --classes or --text")
@@ -494,11 +494,11 @@ class JobState:
         e = self.entries[i]
         size = self.model.size  # type: ignore[union-attr]
         if e.path is not None:
-            return read_image_bgr(e.path, size)
+            return read_image_bgr(e.path, size, self.s.intensity)
         if self.source is None:
             from xaiclip_cli.data.refs import open_source
 
-            self.source = open_source(self.s.dataset)  # type: ignore[arg-type]
+            self.source = open_source(self.s.dataset, intensity=self.s.intensity)  # type: ignore[arg-type]
         return _bgr_from_array(self.source.get(self.s.split, int(e.dataset_index)).image, size)  # type: ignore[arg-type]
 
 
@@ -508,7 +508,7 @@ def build_state(s: AttribSettings, source: Any = None) -> JobState:
     if s.dataset and source is None:
         from xaiclip_cli.data.refs import open_source
 
-        source = open_source(s.dataset)
+        source = open_source(s.dataset, intensity=s.intensity)
     meta = classifier_meta(s)
     classes = build_classes(s, meta, source)
     entries, _ = build_entries(s, source)

@@ -28,7 +28,7 @@ def test_read_image_bgr_non_ascii_grey_and_resize(tmp_path) -> None:
     with pytest.raises(XaiclipError, match="not found"):
         read_image_bgr(tmp_path / "missing.png", 16)
     (tmp_path / "odd.png").write_bytes(b"\x89PNG garbage")
-    with pytest.raises(XaiclipError, match="not a readable image"):
+    with pytest.raises(XaiclipError, match="cannot read image"):
         read_image_bgr(tmp_path / "odd.png", 16)
 
 
@@ -78,3 +78,22 @@ def test_attribute_image_maps_positions_to_label_ids() -> None:
                                 SmdlConfig())
     assert sorted(r.order.tolist()) == sorted(np.unique(labels).tolist()) == list(range(8))
     assert r.area_ins[-1] == 1.0
+
+
+def test_read_image_bgr_keeps_deep_and_dicom_images_and_8bit_parity(tmp_path) -> None:
+    """8-bit files decode exactly as cv2.imdecode; a 16-bit ramp keeps its order (no saturation); DICOM decodes."""
+    import cv2
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    from xaiclip_cli.explain.smdl import read_image_bgr
+
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    np.testing.assert_array_equal(read_image_bgr(tmp_path / "c.png", 32), cv2.imread(str(tmp_path / "c.png")))
+    ramp = np.tile(np.linspace(30000, 31000, 256).astype(np.uint16), (8, 1))  # an 8-bit view would be all 255
+    Image.fromarray(ramp).save(tmp_path / "r16.png")
+    out = read_image_bgr(tmp_path / "r16.png", 256)[..., 0]
+    assert len(np.unique(out)) > 250 and np.all(np.diff(out[4].astype(int)) >= 0)
+    ct = read_image_bgr(get_testdata_file("CT_small.dcm", download=False), 64)
+    assert ct.shape == (64, 64, 3) and ct.std() > 10

@@ -16,8 +16,10 @@ from xaiclip_cli.explain.smdl.search import SmdlConfig, SmdlResult, attribute
 FILLS = ("black", "mean", "blur")
 
 
-def read_image_bgr(path: str | Path, size: int) -> np.ndarray:
-    """cv2.imdecode(np.fromfile) with IMREAD_COLOR (non-ASCII paths, grey → 3 ch), bilinear resize to size×size."""
+def read_image_bgr(path: str | Path, size: int, intensity: Any = None) -> np.ndarray:
+    """An image file as S×S BGR uint8: 8-bit files through cv2.imdecode(np.fromfile) with IMREAD_COLOR (the reference's
+    decoder; non-ASCII paths ok, grey → 3 ch); deeper files (16-bit, float), DICOM and anything else cv2 cannot read
+    as 8 bits through the project's one decoder (``data.imageio``, ``--intensity`` mapping); bilinear resize."""
     import cv2
 
     p = Path(path)
@@ -27,7 +29,13 @@ def read_image_bgr(path: str | Path, size: int) -> np.ndarray:
         data = np.fromfile(str(p), dtype=np.uint8)
     except OSError as e:
         raise XaiclipError(f"{p}: cannot read ({e.strerror or e})") from None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if raw is not None and raw.dtype == np.uint8 and (intensity in (None, "auto") or str(intensity) == "auto"):
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    else:  # 16-bit/float/DICOM/an explicit mapping: the shared decoder keeps the bit depth and maps it once
+        from xaiclip_cli.data.imageio import load_image
+
+        img = cv2.cvtColor(load_image(p, intensity), cv2.COLOR_RGB2BGR)
     if img is None:
         raise XaiclipError(f"{p}: not a readable image")
     if img.shape[:2] != (size, size):
