@@ -553,6 +553,18 @@ class _ModelRun:
         return [self.done[k]["row"] for k in sorted(self.done, key=lambda k: order.get(k, 1 << 30))]
 
 
+def _scorer_groups(run: _ModelRun, group: list[Any]) -> Any:
+    """Split a batch of items by scorer (text set): (items, scorer, unperturbed pixels, target per item) each."""
+    by_sc: dict[int, list[int]] = {}
+    for j, g in enumerate(group):
+        by_sc.setdefault(id(g[3]), []).append(j)
+    for js in by_sc.values():
+        sub = [group[j] for j in js]
+        sc = sub[0][3]
+        x = sc.pixels([g[4] for g in sub])
+        yield sub, sc, x, _targets(run, sub, x)
+
+
 def _targets(run: _ModelRun, group: list[Any], x: Any) -> list[int]:
     """Target index per image (one batched forward of the unperturbed images decides `best`/fallbacks)."""
     from xaiclip_cli.metrics.scoring import resolve_target
@@ -589,14 +601,7 @@ def run_faithfulness(s: Any) -> dict[str, Any]:
     # Images per group: their 2·(s+1) perturbed inputs fill about four forward batches (few partial batches).
     per = max(1, (4 * s.batch_size) // (2 * (s.steps + 1)))
     for group in run.batches(per):
-        sc_groups: dict[int, list[int]] = {}
-        for j, g in enumerate(group):
-            sc_groups.setdefault(id(g[3]), []).append(j)
-        for js in sc_groups.values():
-            sub = [group[j] for j in js]
-            sc = sub[0][3]
-            x = sc.pixels([g[4] for g in sub])
-            tg = _targets(run, sub, x)
+        for sub, sc, x, tg in _scorer_groups(run, group):
             base = ID.make_baseline(kind, x, mean=sc.mean, std=sc.std, value=value, seed=s.seed)
             keep, ranks, cnts, ns = [], [], [], []
             for j, (it, row, *_rest) in enumerate(sub):
@@ -720,14 +725,7 @@ def run_drop(s: Any) -> dict[str, Any]:
                 **_model_common(s), "seed": s.seed, "bootstrap": s.bootstrap, "bootstrap_seed": s.seed}
     run = _ModelRun(s, "drop", settings)
     for group in run.batches(s.batch_size):
-        by_sc: dict[int, list[int]] = {}
-        for j, g in enumerate(group):
-            by_sc.setdefault(id(g[3]), []).append(j)
-        for js in by_sc.values():
-            sub = [group[j] for j in js]
-            sc = sub[0][3]
-            x = sc.pixels([g[4] for g in sub])
-            tg = _targets(run, sub, x)
+        for sub, sc, x, tg in _scorer_groups(run, group):
             keep, ms = [], []
             for j, (it, row, *_r) in enumerate(sub):
                 try:

@@ -70,7 +70,8 @@ def _image_of(side: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _stem(image: dict[str, Any], fallback: str) -> str:
+def image_key(image: dict[str, Any], fallback: str) -> str:
+    """The stem an image is known by in every output: file stem, else ``<split>_<index:05d>`` (as cam names it)."""
     if image.get("path"):
         return Path(str(image["path"])).stem
     if image.get("split") is not None and image.get("index") is not None:
@@ -101,7 +102,7 @@ def load_one(path: Path, root: Path) -> MapItem | None:
         return MapItem(key=key, kind="unreadable", path=path, phi=None, reason="unreadable",
                        sidecar={"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
     image = _image_of(side)
-    item = MapItem(key=key, kind=kind, path=path, phi=phi, sidecar=side, image=image, stem=_stem(image, path.stem))
+    item = MapItem(key=key, kind=kind, path=path, phi=phi, sidecar=side, image=image, stem=image_key(image, path.stem))
     item.method = side.get("method")
     if kind == "cam":
         item.target_name = side.get("target_name")
@@ -115,7 +116,7 @@ def load_one(path: Path, root: Path) -> MapItem | None:
         if not image and (side.get("path") or side.get("image")):
             item.image = _image_of(side)
         if "items" in rel.parts:
-            item.stem = _stem(item.image, path.stem)
+            item.stem = image_key(item.image, path.stem)
     else:  # baseline maps: maps/<method>/<target>/<stem>.npy
         parts = rel.parts
         if len(parts) >= 4 and parts[0] == "maps":

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from xaiclip_cli.errors import UsageError
+from xaiclip_cli.metrics.maps import image_key
 
 Loader = Callable[[], "np.ndarray | None"]
 KINDS = ("store", "cam", "attrib", "eval")
@@ -197,15 +198,6 @@ class DatasetCache:
             return None, None
         return (lambda: getattr(self.sample(ref, split, index), "image", None),
                 lambda: getattr(self.sample(ref, split, index), "mask", None))
-
-
-def image_key(image: dict[str, Any], fallback: str) -> str:
-    """The stem an image is known by in every output: file stem, else ``<split>_<index:05d>`` (as cam names it)."""
-    if image.get("path"):
-        return Path(str(image["path"])).stem
-    if image.get("split") is not None and image.get("index") is not None:
-        return f"{image['split']}_{int(image['index']):05d}"
-    return fallback
 
 
 def _provenance_of(doc: dict[str, Any]) -> dict[str, Any]:
