@@ -335,3 +335,13 @@ def test_volumes_and_bad_intensity_exit_2(tmp_path, setup: str, needle: str) -> 
     r = _run(args)
     assert r.exit_code == 2, r.output
     assert needle in r.output and "Traceback" not in r.output
+
+
+def test_no_arguments_runs_on_the_embedded_default(tmp_path) -> None:
+    out = tmp_path / "o"
+    r = _run(["cam", "run", "--output-dir", str(out), "--no-figure", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["images"] == 4 and res["failed"] == 0
+    side = json.loads((out / res["rows"][0]["file"]).read_text())
+    assert side["image"]["dataset"] == "toycells" and len(side["texts"]) == 5  # one text per toy-cells class

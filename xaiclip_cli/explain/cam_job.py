@@ -121,6 +121,18 @@ def _dataset_texts(ref: str, source: Any) -> dict[str, str]:
 
 
 
+DEFAULT_LIMIT = 4  # `cam run` with no inputs: this many toy cells (seconds on a CPU)
+
+
+def default_inputs(s: CamSettings) -> CamSettings:
+    """With neither --images nor --dataset: the embedded toy cells test split (one text per class unless given)."""
+    if s.images or s.dataset:
+        return s
+    log.info("no --images/--dataset: explaining %d toy cells of the embedded default (--dataset toycells)",
+             s.limit or DEFAULT_LIMIT)
+    return s.model_copy(update={"dataset": "toycells", "limit": s.limit or DEFAULT_LIMIT})
+
+
 def cam_items(s: CamSettings, source: Any = None) -> list[InputItem]:
     """The run's input items: --dataset (named after its files when it has files) or --images files/folders/globs."""
     if s.dataset:
@@ -268,6 +280,7 @@ def run_cam(s: CamSettings, progress: Callable[..., Any], warn: Callable[[str], 
     from xaiclip_cli.parallel.runner import JobSpec, run_job, worker_indices
     from xaiclip_cli.viz.colormap import colormap_names
 
+    s = default_inputs(s)
     source = dataset_source(s) if s.dataset else None
     texts = cam_texts(s, source=source)
     items = cam_items(s, source)
