@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from xaiclip_cli.errors import EXIT_OK, EXIT_PARTIAL, EXIT_RUNTIME, UsageError
+from xaiclip_cli.errors import EXIT_OK, EXIT_PARTIAL, EXIT_RUNTIME
 from xaiclip_cli.parallel.ranks import RankInfo, rank_from_env
 
 Execute = Callable[[list[int], str, Callable[[int], None]], dict[str, Any]]
@@ -131,17 +131,10 @@ def local_shares(planned: int, todo: Sequence[int], gpus: Sequence[int], rank: R
 
 def check_gpus(gpus: Sequence[int], device: str, flag: str = "--gpus") -> None:
     """Refuse (UsageError naming the option) GPU ids when CUDA is unavailable or has fewer devices."""
-    if not gpus or device == "cpu":
-        return
-    import torch
+    from xaiclip_cli.devices import check_device_available
 
-    listed = ",".join(str(g) for g in gpus)
-    if not torch.cuda.is_available():
-        raise UsageError(f"{flag} {listed}: CUDA is not available on this machine (add --device cpu to run the "
-                         "workers on the CPU)")
-    n = torch.cuda.device_count()
-    if max(gpus) >= n:
-        raise UsageError(f"{flag} {listed}: this machine has {n} CUDA device(s) (ids 0..{n - 1})")
+    # The same check every command's settings pass (devices.py); here for library callers of the runner.
+    check_device_available("cpu" if device == "cpu" else "auto", gpus, gpus_option=flag)
 
 
 def _worker_main(payload: dict[str, Any], rank: int, world: int, device: str, advance: Any) -> dict[str, Any]:
