@@ -680,10 +680,7 @@ def run_mufidelity(s: Any) -> dict[str, Any]:
         x = sc.pixels([img])
         t = _targets(run, group, x)[0]
         try:
-            phi = ID.channel_mean(it.phi)
-            ID.check_finite(phi)
-            ID.check_aspect(phi.shape, sc.size)
-            phi = ID.resize_bilinear(phi, sc.size)
+            phi = ID.input_map(it.phi, sc.size)
         except ID.InvalidMap as exc:
             run.record({**row, "status": "skipped", "reason": exc.reason})
             continue
@@ -729,10 +726,7 @@ def run_drop(s: Any) -> dict[str, Any]:
             keep, ms = [], []
             for j, (it, row, *_r) in enumerate(sub):
                 try:
-                    m = ID.channel_mean(it.phi)
-                    ID.check_finite(m)
-                    ID.check_aspect(m.shape, sc.size)
-                    m = ID.resize_bilinear(m, sc.size)
+                    m = ID.input_map(it.phi, sc.size)
                 except ID.InvalidMap as exc:
                     run.record({**row, "status": "skipped", "reason": exc.reason})
                     continue

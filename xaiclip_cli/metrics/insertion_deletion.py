@@ -82,6 +82,19 @@ def resize_bilinear(phi: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+def checked_map(phi: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """φ averaged over channels, checked (finite, same aspect as ``size``): raises InvalidMap with the reason."""
+    m = channel_mean(phi)
+    check_finite(m)
+    check_aspect(m.shape, size)
+    return m
+
+
+def input_map(phi: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A checked map resized bilinearly to the model input (what MuFidelity and drop weigh pixels by)."""
+    return resize_bilinear(checked_map(phi, size), size)
+
+
 def cell_index_map(grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
     """Pixel → cell of a grid, nearest with half-pixel centres (torch ``nearest-exact``): int64 [H,W]."""
     import torch
@@ -113,9 +126,7 @@ def pixel_ranks(phi: np.ndarray, size: tuple[int, int], unit: str = "input", con
     ``unit='input'``: φ resized bilinearly, features are pixels (N = H·W). ``unit='grid'``: features are φ's own cells
     (every pixel of a cell shares its rank; N = h·w).
     """
-    m = channel_mean(phi)
-    check_finite(m)
-    check_aspect(m.shape, size)
+    m = checked_map(phi, size)
     if unit == "input":
         r = resize_bilinear(m, size)
         return rank_of(feature_order(r, convention)).reshape(size)
