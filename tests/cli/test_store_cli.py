@@ -49,6 +49,22 @@ def test_text_image_merge_json_and_config(tmp_path: Path, fake: None) -> None:
     assert v["ok"] and any(i["level"] == "note" and "self-contained" in i["message"] for i in v["issues"])
 
 
+
+def test_merge_of_a_single_file_store_is_a_no_op_exit_0(tmp_path: Path, fake: None) -> None:
+    import hashlib
+
+    h5 = tmp_path / "one.h5"
+    i = _ok(["store", "image", "--h5", str(h5), "--part-rows", "4"])  # ends as one self-contained file
+    assert i["layout"] == "single" and i["complete"]
+    before = hashlib.md5(h5.read_bytes()).hexdigest()
+    m = _ok(["store", "merge", "--h5", str(h5)])
+    assert m["layout"] == "single" and m["complete"] and m["rows_done"] == m["rows_total"] == 10
+    assert "nothing to merge" in m["message"] and m["split_counts"] == {"train": 5, "val": 2, "test": 3}
+    assert hashlib.md5(h5.read_bytes()).hexdigest() == before  # untouched
+    r = runner.invoke(app, ["store", "merge", "--h5", str(h5)])
+    assert r.exit_code == 0 and "nothing to merge" in r.output
+
+
 def test_store_options_have_no_unused_seed_or_output_dir() -> None:
     from xaiclip_cli.config.store import StoreSettings
 

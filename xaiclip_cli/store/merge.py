@@ -179,7 +179,7 @@ def merge_store(h5: str | Path, materialize_to: str | Path | None = None, overwr
             plan_json = read_meta(f, L.META_PLAN)
             fp = L.decode_str(f.attrs.get("fingerprint", "")) or None
         if layout == "single":
-            raise UsageError(f"{h5} is a single-file store; nothing to merge")
+            return _already_single(h5, t0)
     else:
         plan_json, fp = None, None
     if plan_json is None:
@@ -233,6 +233,21 @@ def merge_store(h5: str | Path, materialize_to: str | Path | None = None, overwr
         raise PartialFailure(f"merged {n_complete} of {plan.n_parts} parts of {h5}; not finished: "
                              f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; rerun store image to finish")
     return result
+
+
+def _already_single(h5: Path, t0: float) -> StoreMergeResult:
+    """A self-contained single-file store: nothing to merge, a no-op that says so (scripts may merge blindly)."""
+    with open_h5(h5, "r") as f:
+        n_done = int(f.attrs.get("n_written", 0))
+        n_rows = int(f[L.WRITTEN].shape[0]) if L.WRITTEN in f else n_done
+        counts = L.read_json_attr(f.attrs, "split_counts", {})
+    log.info("%s is already one self-contained file; nothing to merge", h5)
+    return StoreMergeResult(
+        h5=str(h5), layout="single", rows_total=n_rows, rows_done=n_done, parts_total=1,
+        parts_complete=1 if n_done == n_rows else 0, complete=n_done == n_rows, split_counts=counts,
+        seconds=round(time.perf_counter() - t0, 3),
+        message=f"{h5} is already one self-contained file; nothing to merge",
+    )
 
 
 def relink_if_renamed(h5: Path) -> None:

@@ -71,3 +71,4 @@ class StoreMergeResult(BaseModel):
     materialized: str | None = None
     seconds: float
     parts: list[PartRow] = Field(default_factory=list)
+    message: str | None = None  # set when there was nothing to do (already a single self-contained file)
