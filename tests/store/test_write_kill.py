@@ -51,10 +51,10 @@ def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("keep_parts", [False, True])
-def test_sigkill_at_several_moments_then_resume_is_exact(tmp_path: Path, keep_parts: bool) -> None:
+@pytest.mark.parametrize(("keep_parts", "workers"), [(False, 0), (True, 0), (False, 2)])
+def test_sigkill_at_several_moments_then_resume_is_exact(tmp_path: Path, keep_parts: bool, workers: int) -> None:
     h5 = tmp_path / "run" / "s.h5"
-    extra = ("--keep-parts",) if keep_parts else ()
+    extra = (("--keep-parts",) if keep_parts else ()) + ("--workers", str(workers))
     rng = np.random.default_rng(0)
     for part in (1, 4):  # kill once early, once later, each a little after a part finished
         proc = _start(h5, delay=0.01, extra=extra)

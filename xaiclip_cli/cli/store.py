@@ -46,7 +46,8 @@ def text(s: StoreSettings, ctx: RunContext) -> BaseModel | None:
 
 @settings_command(app, StoreSettings, name="image", fields=[
     "h5", *_MODEL, "dataset", "intensity", "size", "data_root", "download", "limit", "layout", "part_rows",
-    "keep_parts", "tokens", "cls_dtype", "batch_size", "overwrite", "space_check", "check_source", "gpus", *_RUNTIME,
+    "keep_parts", "tokens", "cls_dtype", "batch_size", "workers", "overwrite", "space_check", "check_source", "gpus",
+    *_RUNTIME,
 ])
 def image(s: StoreSettings, ctx: RunContext) -> BaseModel | None:
     """Encode every image of a dataset into the store: CLS features, token features and row columns.

@@ -48,6 +48,10 @@ class StoreSettings(ModelSelection, ImageFileSettings, ComputeSettings):
         "float32", description="dtype of image_features (float16 for seed parity)."
     )
     batch_size: int = Field(32, ge=1, description="Images (or prompts) per model call.")
+    workers: int = Field(
+        0, ge=0, description="store image: processes that decode the images (0: a thread of this process; 1 gives "
+        "decoding its own core, away from the model's).",
+    )
     max_length: int | None = Field(None, ge=1, description="Text token length (default: the backend's, 77).")
     # --- behaviour ---
     overwrite: bool = Field(False, description="Delete an existing, incompatible store and start over.")

@@ -78,6 +78,9 @@ class ImageOptions:
     # A finished single-process sharded run ends as one self-contained file (the parts are crash safety while
     # writing; a copied .h5 alone then works everywhere). False keeps the linked index and its parts folder.
     materialize: bool = True
+    # 0: load + hash images in a prefetch thread of this process; N > 0: N spawned processes decode and hash the
+    # images and hand uint8 batches back in shared memory (torch tensors), keeping the GIL free for the model loop.
+    workers: int = 0
 
 
 @dataclass
@@ -380,6 +383,80 @@ class _Prefetcher:
             self.thread.join(timeout=0.05)
 
 
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _worker_init(source: Any, plan_json: dict[str, Any]) -> None:
+    """Spawned worker: keep the source and plan; Ctrl-C is the parent's to handle (it terminates the pool)."""
+    import signal
+
+    import torch
+    import torch.multiprocessing  # noqa: F401 - registers the shared-memory reductions for returned tensors
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    _WORKER_STATE.update(source=source, plan=L.Plan.from_json(plan_json))
+
+
+def _worker_load(row_start: int, row_stop: int) -> tuple[Any, ...]:
+    """Spawned worker: decode + hash the images of global rows [row_start, row_stop); uint8 batch in shared memory."""
+    import torch
+
+    rows = np.arange(row_start, row_stop, dtype=np.int64)
+    images, labels, codes, idx = _load_rows(_WORKER_STATE["source"], _WORKER_STATE["plan"], rows)
+    hashes = np.stack([L.image_hash(im) for im in images])
+    same = all(im.dtype == np.uint8 and im.shape == images[0].shape for im in images)
+    batch: Any = torch.from_numpy(np.stack(images)).share_memory_() if same else images
+    return batch, labels, codes, idx, hashes
+
+
+class _WorkerPrefetcher:
+    """``workers`` spawned processes load the next batches (in order); the main process preprocesses and encodes.
+
+    A bounded window of in-flight batches keeps memory flat; results are taken in submission order, so rows are
+    encoded in exactly the order of the in-process prefetcher. A worker's exception is re-raised here unchanged.
+    """
+
+    def __init__(self, jobs: Iterator[tuple[RowFile, int, int]], source: Any, plan: L.Plan, backend: Any,
+                 workers: int) -> None:
+        import multiprocessing as mp
+
+        import torch.multiprocessing  # noqa: F401 - the parent must know the shared-memory reductions too
+
+        self._jobs, self._backend = jobs, backend
+        self._window = 2 * workers
+        self.pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init,
+                                                 initargs=(source, plan.to_json()))
+
+    def __iter__(self) -> Iterator[Any]:
+        import collections
+
+        pending: collections.deque[tuple[RowFile, int, int, Any]] = collections.deque()
+        jobs = iter(self._jobs)
+        done = False
+        while True:
+            while not done and len(pending) < self._window:
+                nxt = next(jobs, None)
+                if nxt is None:
+                    done = True
+                    break
+                rf, a, b = nxt
+                pending.append((rf, a, b, self.pool.apply_async(_worker_load, (rf.row_start + a, rf.row_start + b))))
+            if not pending:
+                return
+            rf, a, b, res = pending.popleft()
+            batch, labels, codes, idx, hashes = res.get()
+            images = list(batch.numpy()) if not isinstance(batch, list) else batch
+            pixels = self._backend.preprocess(images)
+            rows = np.arange(rf.row_start + a, rf.row_start + b, dtype=np.int64)
+            yield rf, a, b, pixels, rows, labels, codes, idx, hashes
+
+    def close(self) -> None:
+        """Stop the workers now (nothing they still hold is needed) and reap them: no orphans, no shared memory."""
+        self.pool.terminate()
+        self.pool.join()
+
+
 def is_single_store(h5: Path) -> bool:
     """True when ``h5`` is an xaiclip store with real (not virtual) image features: one self-contained file."""
     if not h5.is_file():
@@ -402,6 +479,8 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
 
     t0 = time.perf_counter()
     opts.h5 = Path(opts.h5)
+    if opts.workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {opts.workers}")
     if opts.layout not in L.LAYOUTS:
         raise UsageError(f"unknown layout {opts.layout!r} (sharded or single)")
     if opts.layout == "single" and opts.world > 1:
@@ -417,6 +496,7 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
     src = source_attrs(source, opts.dataset_ref)
     prov = identity.provenance if isinstance(identity.provenance, dict) else {}
     src["preprocess_path"] = str(prov.get("preprocess_path") or getattr(backend, "preprocess_path", "") or "")
+    src["workers"] = int(opts.workers)  # how images were loaded (0: in-process thread); values do not depend on it
     if opts.overwrite and opts.manage_index:
         remove_store(opts.h5)
     if opts.layout == "sharded" and opts.materialize and opts.manage_index and is_single_store(opts.h5):
@@ -534,7 +614,10 @@ def run_image_stage(source: Any, backend: Any, opts: ImageOptions, advance: Adva
     bar = contextlib.ExitStack()
     if progress is not None and todo_rows:
         advance = bar.enter_context(progress(todo_rows))
-    prefetch = _Prefetcher(jobs(), source, plan, backend) if todo_rows else None
+    prefetch: _Prefetcher | _WorkerPrefetcher | None = None
+    if todo_rows:
+        prefetch = (_WorkerPrefetcher(jobs(), source, plan, backend, opts.workers) if opts.workers
+                    else _Prefetcher(jobs(), source, plan, backend))
     device = getattr(backend, "device", None)
     try:
         with writer_thread(opts.queue_size) as writer:
