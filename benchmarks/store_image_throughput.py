@@ -45,6 +45,13 @@ class _Repeated:
         return self.source.info()
 
 
+class _TrainHead(HeadSource):
+    """The first k train images only."""
+
+    def split_sizes(self) -> dict[str, int]:
+        return {"train": min(self.limit, self.source.split_sizes()["train"]), "val": 0, "test": 0}
+
+
 def _bare(backend, batches, tokens: bool) -> tuple[float, float]:  # noqa: ANN001
     """(wall, process CPU) seconds for the model alone on pre-processed batches (synchronised on a GPU)."""
     sync = torch.cuda.synchronize if backend.device.type == "cuda" else (lambda: None)
@@ -60,12 +67,13 @@ def _bare(backend, batches, tokens: bool) -> tuple[float, float]:  # noqa: ANN00
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def _full(source, backend, bs: int, tokens: bool, materialize: bool = True) -> tuple[float, float]:  # noqa: ANN001
+def _full(source, backend, bs: int, tokens: bool, materialize: bool = True,  # noqa: ANN001
+          workers: int = 0) -> tuple[float, float]:
     """(wall, process CPU) seconds for run_image_stage into a fresh store (plan, probe, index, parts and the final
     materialisation into one self-contained file included)."""
     with tempfile.TemporaryDirectory() as tmp:
         opts = ImageOptions(h5=Path(tmp) / "bench.h5", batch_size=bs, tokens=tokens, space_check=False,
-                            materialize=materialize)
+                            materialize=materialize, workers=workers)
         c0, t0 = time.process_time(), time.perf_counter()
         res = run_image_stage(source, backend, opts)
         secs, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -150,7 +158,7 @@ def _replica_backend(name: str, device: str):  # noqa: ANN202
         raise SystemExit(f"--replica {name}: only conceptclip is known")
     d = Path(tempfile.mkdtemp(prefix="cc_replica_shapes_"))
     build_replica(d, sizes=REAL_SHAPES)
-    return load_backend("conceptclip", str(d), device=device), REAL_SHAPES
+    return load_backend("conceptclip", str(d), device=device, trust_remote_code=True), REAL_SHAPES  # our replica
 
 
 def main() -> None:
@@ -167,6 +175,7 @@ def main() -> None:
     ap.add_argument("--no-tokens", action="store_true")
     ap.add_argument("--replica", default=None, help="conceptclip: the replica at ConceptCLIP's real shapes "
                     "(384 px input, 729 tokens x 1152), built offline; overrides --backend/--model")
+    ap.add_argument("--workers", type=int, default=0, help="store image --workers (loader processes; 0: a thread)")
     ap.add_argument("--keep-parts", action="store_true", help="time the store without the final materialisation")
     ap.add_argument("--passes", type=int, default=3,
                     help="read the dataset this many times per timed run (longer runs average out a noisy host)")
@@ -184,8 +193,7 @@ def main() -> None:
     source = open_source(args.dataset)
     if args.images:
         k = min(args.images, source.split_sizes()["train"])
-        source = HeadSource(source, k)
-        source.split_sizes = lambda: {"train": k, "val": 0, "test": 0}  # type: ignore[method-assign]
+        source = _TrainHead(source, k)  # a class, not a patched lambda: --workers pickles the source
     if args.passes > 1:
         source = _Repeated(source, args.passes)
     sizes = source.split_sizes()
@@ -210,7 +218,7 @@ def main() -> None:
         w, c = _bare(backend, batches, tokens)
         bare_s.append(w)
         bare_cpu.append(c)
-        w, c = _full(source, backend, bs, tokens, materialize=not args.keep_parts)
+        w, c = _full(source, backend, bs, tokens, materialize=not args.keep_parts, workers=args.workers)
         full_s.append(w)
         full_cpu.append(c)
     stages = _stages(source, backend, plan_rows, bs, tokens)
@@ -231,7 +239,7 @@ def main() -> None:
         # model; store wall ~= store CPU means no spare core (a loaded machine), so every side cost adds to the wall.
         "bare_cpu_s": round(statistics.median(bare_cpu), 3), "store_cpu_s": round(statistics.median(full_cpu), 3),
         "bare_wall_s": round(bare, 3), "store_wall_s": round(full, 3),
-        "materialized": not args.keep_parts, "replica_sizes": replica_sizes,
+        "materialized": not args.keep_parts, "workers": args.workers, "replica_sizes": replica_sizes,
         # Each stage alone on the calling thread (one pass): the pipeline keeps up when every non-forward stage
         # is faster than the forward and a core is free for them.
         "stages": stages, "preprocess_path": _prep_path(backend),
