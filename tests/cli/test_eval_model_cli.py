@@ -129,7 +129,8 @@ def test_faithfulness_resume_and_settings_guard(maps: Path, tmp_path: Path) -> N
     assert full["counts"]["evaluated"] == 3 and full["counts"]["forwards"] == 1 * (2 * 5 + 1)  # only the new one
     (out / "eval.json").unlink()
     r = _run(["eval", "faithfulness", *BASE, "--maps", str(maps), "--steps", "6", "--output-dir", str(out)], code=2)
-    assert "different settings" in r["stderr"]
+    assert "different settings" in r["stderr"] and "steps: 4 -> 6" in r["stderr"]
+    assert "convention" not in r["stderr"]  # only the keys that differ are named
     r = _run(["eval", "faithfulness", *BASE, "--maps", str(maps), "--steps", "4", "--output-dir", str(out)])
     r = _run(["eval", "faithfulness", *BASE, "--maps", str(maps), "--steps", "4", "--output-dir", str(out)], code=2)
     assert "--overwrite" in r["stderr"]

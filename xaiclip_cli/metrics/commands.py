@@ -481,8 +481,12 @@ class _ModelRun:
 
             lines = self.log.read_text(encoding="utf-8").splitlines()
             head = json.loads(lines[0]) if lines else {}
-            if head.get("settings") != json.loads(json.dumps(guard, default=str)):
-                raise UsageError(f"{self.log} was written with different settings; pass --overwrite to start over")
+            saved, mine = head.get("settings") or {}, json.loads(json.dumps(guard, default=str))
+            if saved != mine:
+                keys = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+                diff = ", ".join(f"{k}: {saved.get(k)!r} -> {mine.get(k)!r}" for k in keys)
+                raise UsageError(f"{self.log} was written with different settings ({diff}); pass --overwrite to "
+                                 "start over")
             for ln in lines[1:]:
                 try:
                     rec = json.loads(ln)
