@@ -397,3 +397,21 @@ def test_folder_dataset_items_named_after_files(tmp_path) -> None:
     assert keys == ["cat/train/cat/img0.done", "dog/train/dog/img0.done"]  # <target>/<split>/<rel dir>/<stem>
     side = json.loads((out / "items" / "dog" / "train" / "dog" / "img0.json").read_text())
     assert side["path"] == str(tmp_path / "ds" / "dog" / "img0.png") and side["source"]["label"] == 1
+
+
+def test_export_of_same_stems_in_two_subfolders_writes_both(tmp_path) -> None:
+    # a/img0.png and b/img0.png: the reference tree is flat per target, so the two must not overwrite each other.
+    _write_images(tmp_path / "imgs" / "a", 1)
+    _write_images(tmp_path / "imgs" / "b", 2)  # another seed: b/img0 differs from a/img0; b/img1 is unique
+    out = tmp_path / "run"
+    res = _ok(["attrib", "run", "--images", str(tmp_path / "imgs"), "--recursive", "--text", "a blood cell",
+               "--text", "a red cell", *FAST, "--output-dir", str(out), "--export-smdl", str(tmp_path / "live")])
+    assert res["done"] == 3
+    exp = _ok(["attrib", "export", str(out), "--out", str(tmp_path / "ref")])
+    assert exp["exported"] == 3
+    names = sorted(p.name for p in Path(exp["out"]).glob("npy/*/*.npy"))
+    assert names == ["a__img0.npy", "b__img0.npy", "img1.npy"]
+    live = sorted(p.name for p in (tmp_path / "live").rglob("*.npy"))
+    assert live == names  # run --export-smdl names them the same way
+    a, b = (np.load(p) for p in sorted(Path(exp["out"]).glob("npy/*/*__img0.npy")))
+    assert not np.array_equal(a, b)  # two different images, two different files

@@ -76,7 +76,9 @@ def test_a_bad_image_fails_the_same_way_with_workers(tmp_path: Path) -> None:
             run_image_stage(_BadAt(13), FakeBackend(), ImageOptions(h5=h5, part_rows=8, batch_size=3, workers=w,
                                                                      materialize=False))
         errors[w] = str(exc.value)
-        parts = sorted(p.name for p in (tmp_path / f"b{w}.parts").iterdir())
+        # Whether part 0 was already sealed when the error surfaced depends on the writer's timed commit
+        # grouping, in either mode; what must match is which parts exist (sealed or left to resume).
+        parts = sorted(p.name.removesuffix(".partial") for p in (tmp_path / f"b{w}.parts").iterdir())
         written[w] = parts
     assert errors[0] == errors[2] == "cannot decode train image 13: truncated file"
     assert written[0] == written[2] and "part-00000.h5" in written[0]  # the rows before the bad batch are kept

@@ -483,6 +483,17 @@ class JobState:
         t = self.targets[i]
         return PRED if t == PRED else folder_name(self.classes.names[int(t)])
 
+    def export_stem(self, i: int) -> str:
+        """Entry i's flat file stem in the reference export (unique among the planned items of its target)."""
+        from xaiclip_cli.explain.smdl import export_names
+
+        if not hasattr(self, "_export_names"):
+            keys: dict[str, list[str]] = {}
+            for j, e in enumerate(self.entries):
+                keys.setdefault(self.folder(j), []).append(e.rel_stem)
+            self._export_names = {f: export_names(k) for f, k in keys.items()}
+        return self._export_names[self.folder(i)][self.entries[i].rel_stem]
+
     def paths(self, i: int) -> dict[str, Path]:
         """Output paths of entry i."""
         return item_paths(self.s.output_dir, self.folder(i), self.entries[i].rel_stem)
@@ -549,7 +560,7 @@ def attribute_entry(st: JobState, i: int) -> dict[str, Any]:
             "front_len": res.front_len, "files": {"npz": paths["npz"].name}}
     if s.export_smdl is not None:
         export_reference(s.export_smdl, s.division, tuple(s.lambdas), s.pending if s.search == "bidirectional"
-                         else None, st.folder(i), Path(e.rel_stem).name, image, labels, res)
+                         else None, st.folder(i), st.export_stem(i), image, labels, res)
     _atomic_json(paths["json"], side)
     paths["done"].touch()
     return side
@@ -846,13 +857,17 @@ def _result_from_npz(npz: dict[str, Any]) -> Any:
 
 def export_run(run: Path, out: Path) -> dict[str, Any]:
     """Write the reference npy/json tree of every finished item of a run (needs the images)."""
-    from xaiclip_cli.explain.smdl import export_reference, load_npz
+    from xaiclip_cli.explain.smdl import export_names, export_reference, load_npz
 
     doc = read_run_json(run) or {}
     s = doc.get("settings") or {}
     n = 0
     failures = []
     root = None
+    keys: dict[str, list[str]] = {}
+    for it in _planned_items(run, doc):  # names from the whole plan: the same ones `run --export-smdl` writes
+        keys.setdefault(it["target"], []).append(it["key"])
+    names = {t: export_names(k) for t, k in keys.items()}
     for it, p in run_items(run):
         side = json.loads(p["json"].read_text(encoding="utf-8"))
         try:
@@ -860,7 +875,7 @@ def export_run(run: Path, out: Path) -> dict[str, Any]:
             npz = load_npz(p["npz"])
             npy, _ = export_reference(out, s["division"], tuple(s["lambdas"]), s["pending"] if
                                       s["search"] == "bidirectional" else None, it["target"],
-                                      Path(it["key"]).name, image, npz["labels"], _result_from_npz(npz))
+                                      names[it["target"]][it["key"]], image, npz["labels"], _result_from_npz(npz))
             root = npy.parents[2]
             n += 1
         except XaiclipError as exc:

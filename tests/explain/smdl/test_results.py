@@ -76,3 +76,14 @@ def test_bad_result_files(tmp_path) -> None:
     np.savez(tmp_path / "partial.npz", order=np.arange(3))
     with pytest.raises(XaiclipError, match="lacks"):
         load_npz(tmp_path / "partial.npz")
+
+
+def test_export_names_keep_unique_stems_and_spell_out_colliding_ones() -> None:
+    from xaiclip_cli.errors import UsageError
+    from xaiclip_cli.explain.smdl import export_names
+
+    assert export_names(["test/test_00000", "test/test_00001"]) == {"test/test_00000": "test_00000",
+                                                                    "test/test_00001": "test_00001"}
+    assert export_names(["a/x", "b/x", "b/y"]) == {"a/x": "a__x", "b/x": "b__x", "b/y": "y"}
+    with pytest.raises(UsageError, match="'a__x' and 'a/x' would both be written as a__x.npy"):
+        export_names(["a__x", "a/x", "b/x"])

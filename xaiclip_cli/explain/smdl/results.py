@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,26 @@ def lambda_dir(division: str, lambdas: tuple[float, ...], pending: int | None) -
     """``<division>-<λ1>-<λ2>-<λ3>-<λ4>[-pending-samples-P]`` with λ as Python floats (slico-0.0-0.05-1.0-1.0)."""
     name = "-".join([division, *(str(float(v)) for v in lambdas)])
     return f"{name}-pending-samples-{int(pending)}" if pending is not None else name
+
+
+def export_names(keys: Sequence[str]) -> dict[str, str]:
+    """Flat file stems for one target's items in the reference tree (its evaluator lists one folder per target).
+
+    The key's last part when no other key shares it (the reference's own naming), else the whole key with ``/`` →
+    ``__`` (``a/x`` and ``b/x`` → ``a__x`` and ``b__x``); a clash still left after that is refused, never overwritten.
+    """
+    keys = list(dict.fromkeys(keys))
+    base = [k.rsplit("/", 1)[-1] for k in keys]
+    count: dict[str, int] = {}
+    for b in base:
+        count[b] = count.get(b, 0) + 1
+    out = {k: (b if count[b] == 1 else k.replace("/", "__")) for k, b in zip(keys, base, strict=True)}
+    seen: dict[str, str] = {}
+    for k, v in out.items():
+        if v in seen:
+            raise UsageError(f"export: items {seen[v]!r} and {k!r} would both be written as {v}.npy; rename one")
+        seen[v] = k
+    return out
 
 
 def export_reference(out_dir: str | Path, division: str, lambdas: tuple[float, ...], pending: int | None,
