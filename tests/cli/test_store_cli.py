@@ -49,7 +49,6 @@ def test_text_image_merge_json_and_config(tmp_path: Path, fake: None) -> None:
     assert v["ok"] and any(i["level"] == "note" and "self-contained" in i["message"] for i in v["issues"])
 
 
-
 def test_merge_of_a_single_file_store_is_a_no_op_exit_0(tmp_path: Path, fake: None) -> None:
     import hashlib
 

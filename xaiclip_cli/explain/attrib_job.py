@@ -14,6 +14,7 @@ sharding (blocks of the planned entries), workers and failures go through ``para
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -483,15 +484,14 @@ class JobState:
         t = self.targets[i]
         return PRED if t == PRED else folder_name(self.classes.names[int(t)])
 
+    @functools.cached_property
+    def _export_names(self) -> dict[str, dict[str, str]]:
+        from xaiclip_cli.explain.smdl import export_names_by_target
+
+        return export_names_by_target((self.folder(j), e.rel_stem) for j, e in enumerate(self.entries))
+
     def export_stem(self, i: int) -> str:
         """Entry i's flat file stem in the reference export (unique among the planned items of its target)."""
-        from xaiclip_cli.explain.smdl import export_names
-
-        if not hasattr(self, "_export_names"):
-            keys: dict[str, list[str]] = {}
-            for j, e in enumerate(self.entries):
-                keys.setdefault(self.folder(j), []).append(e.rel_stem)
-            self._export_names = {f: export_names(k) for f, k in keys.items()}
         return self._export_names[self.folder(i)][self.entries[i].rel_stem]
 
     def paths(self, i: int) -> dict[str, Path]:
@@ -857,17 +857,15 @@ def _result_from_npz(npz: dict[str, Any]) -> Any:
 
 def export_run(run: Path, out: Path) -> dict[str, Any]:
     """Write the reference npy/json tree of every finished item of a run (needs the images)."""
-    from xaiclip_cli.explain.smdl import export_names, export_reference, load_npz
+    from xaiclip_cli.explain.smdl import export_names_by_target, export_reference, load_npz
 
     doc = read_run_json(run) or {}
     s = doc.get("settings") or {}
     n = 0
     failures = []
     root = None
-    keys: dict[str, list[str]] = {}
-    for it in _planned_items(run, doc):  # names from the whole plan: the same ones `run --export-smdl` writes
-        keys.setdefault(it["target"], []).append(it["key"])
-    names = {t: export_names(k) for t, k in keys.items()}
+    # Names from the whole plan: the same ones `run --export-smdl` writes.
+    names = export_names_by_target((it["target"], it["key"]) for it in _planned_items(run, doc))
     for it, p in run_items(run):
         side = json.loads(p["json"].read_text(encoding="utf-8"))
         try:

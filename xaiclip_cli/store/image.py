@@ -330,6 +330,12 @@ def _check_source(source: Any, plan: L.Plan, opts: ImageOptions) -> None:
                            "the input changed: pass --overwrite to re-encode")
 
 
+def _load_hashed(source: Any, plan: L.Plan, rows: np.ndarray) -> tuple[Any, ...]:
+    """The images of ``rows`` with their columns and content hashes: the loading both prefetchers share."""
+    images, labels, codes, idx = _load_rows(source, plan, rows)
+    return images, labels, codes, idx, np.stack([L.image_hash(im) for im in images])
+
+
 class _Prefetcher:
     """Background thread: loads images, hashes them and runs backend.preprocess for the next batches."""
 
@@ -356,8 +362,7 @@ class _Prefetcher:
                 if self.stop.is_set():
                     return
                 rows = np.arange(rf.row_start + a, rf.row_start + b, dtype=np.int64)
-                images, labels, codes, idx = _load_rows(self._source, self._plan, rows)
-                hashes = np.stack([L.image_hash(im) for im in images])
+                images, labels, codes, idx, hashes = _load_hashed(self._source, self._plan, rows)
                 pixels = self._backend.preprocess(images)
                 if not self._put((rf, a, b, pixels, rows, labels, codes, idx, hashes)):
                     return
@@ -403,8 +408,7 @@ def _worker_load(row_start: int, row_stop: int) -> tuple[Any, ...]:
     import torch
 
     rows = np.arange(row_start, row_stop, dtype=np.int64)
-    images, labels, codes, idx = _load_rows(_WORKER_STATE["source"], _WORKER_STATE["plan"], rows)
-    hashes = np.stack([L.image_hash(im) for im in images])
+    images, labels, codes, idx, hashes = _load_hashed(_WORKER_STATE["source"], _WORKER_STATE["plan"], rows)
     same = all(im.dtype == np.uint8 and im.shape == images[0].shape for im in images)
     batch: Any = torch.from_numpy(np.stack(images)).share_memory_() if same else images
     return batch, labels, codes, idx, hashes

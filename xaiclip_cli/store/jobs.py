@@ -69,7 +69,7 @@ def image_options(s: Any, rank: RankInfo, manage_index: bool) -> ImageOptions:
         h5=Path(s.h5), layout=s.layout, part_rows=s.part_rows, batch_size=s.batch_size, cls_dtype=s.cls_dtype,
         tokens=s.tokens, overwrite=s.overwrite, space_check=s.space_check, check_source=s.check_source,
         rank=rank.rank, world=rank.world, manage_index=manage_index, dataset_ref=s.dataset,
-        materialize=not s.keep_parts, workers=int(getattr(s, "workers", 0) or 0),
+        materialize=not s.keep_parts, workers=s.workers,
     )
 
 

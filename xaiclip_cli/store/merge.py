@@ -241,12 +241,13 @@ def _already_single(h5: Path, t0: float) -> StoreMergeResult:
         n_done = int(f.attrs.get("n_written", 0))
         n_rows = int(f[L.WRITTEN].shape[0]) if L.WRITTEN in f else n_done
         counts = L.read_json_attr(f.attrs, "split_counts", {})
-    log.info("%s is already one self-contained file; nothing to merge", h5)
+    message = f"{h5} is already one self-contained file; nothing to merge"
+    log.info(message)
     return StoreMergeResult(
         h5=str(h5), layout="single", rows_total=n_rows, rows_done=n_done, parts_total=1,
         parts_complete=1 if n_done == n_rows else 0, complete=n_done == n_rows, split_counts=counts,
         seconds=round(time.perf_counter() - t0, 3),
-        message=f"{h5} is already one self-contained file; nothing to merge",
+        message=message,
     )
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from xaiclip_cli.explain.smdl.pipeline import attribute_image, prepare, read_image_bgr
 from xaiclip_cli.explain.smdl.regions import auto_region_size, divide, elements
-from xaiclip_cli.explain.smdl.results import export_names, export_reference, load_npz, recorded_auc, save_npz
+from xaiclip_cli.explain.smdl.results import (
+    export_names,
+    export_names_by_target,
+    export_reference,
+    load_npz,
+    recorded_auc,
+    save_npz,
+)
 from xaiclip_cli.explain.smdl.scorer import ClassifierScorer, ClipScorer, text_prototypes
 from xaiclip_cli.explain.smdl.search import SmdlConfig, SmdlResult, attribute
 
@@ -19,6 +26,7 @@ __all__ = [
     "divide",
     "elements",
     "export_names",
+    "export_names_by_target",
     "export_reference",
     "load_npz",
     "prepare",

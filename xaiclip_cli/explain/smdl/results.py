@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,14 @@ def export_names(keys: Sequence[str]) -> dict[str, str]:
             raise UsageError(f"export: items {seen[v]!r} and {k!r} would both be written as {v}.npy; rename one")
         seen[v] = k
     return out
+
+
+def export_names_by_target(items: Iterable[tuple[str, str]]) -> dict[str, dict[str, str]]:
+    """export_names() for (target folder, key) pairs of a whole plan: {target: {key: flat stem}}."""
+    keys: dict[str, list[str]] = {}
+    for target, key in items:
+        keys.setdefault(target, []).append(key)
+    return {t: export_names(k) for t, k in keys.items()}
 
 
 def export_reference(out_dir: str | Path, division: str, lambdas: tuple[float, ...], pending: int | None,
