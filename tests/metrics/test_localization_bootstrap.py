@@ -86,3 +86,18 @@ def test_bootstrap_seeded_and_paired() -> None:
     with pytest.raises(UsageError, match="steps"):
         B.check_comparable({"steps": 50, "baseline": "black"}, {"steps": 20, "baseline": "black"})
     B.check_comparable({"steps": 50}, {"steps": 50})
+
+
+def test_first_regions_share_by_hand() -> None:
+    # 4×4 label map with ids 3, 5, 7, 9 (2×2 quadrants); the mask covers quadrant 5 fully and 1 pixel of 9.
+    labels = np.array([[3, 3, 5, 5], [3, 3, 5, 5], [7, 7, 9, 9], [7, 7, 9, 9]])
+    mask = np.zeros((4, 4), bool)
+    mask[0:2, 2:4] = True
+    mask[3, 3] = True
+    one = L.first_regions_share(labels, np.array([5, 9, 3, 7]), mask, 1)
+    assert one == {"pixel_share": 1.0, "area_share": 5 / 16, "region_share": 1.0, "region_chance": 0.25}
+    two = L.first_regions_share(labels, np.array([9, 5, 3, 7]), mask, 2)
+    assert two["pixel_share"] == 5 / 8 and two["region_share"] == 0.5  # region 9 is 1/4 inside: not mostly
+    assert L.first_regions_share(labels, np.array([3, 7, 5, 9]), mask, 2)["pixel_share"] == 0.0
+    with pytest.raises(ValueError, match="differ in size"):
+        L.first_regions_share(labels, np.array([3]), mask[:3], 1)

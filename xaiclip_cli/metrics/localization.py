@@ -143,3 +143,25 @@ def area_tertiles(areas: np.ndarray) -> np.ndarray:
     a = np.asarray(areas, dtype=np.float64)
     q1, q2 = np.quantile(a, [1 / 3, 2 / 3])
     return np.where(a <= q1, "small", np.where(a <= q2, "medium", "large"))
+
+
+def first_regions_share(labels: np.ndarray, order: np.ndarray, mask: np.ndarray, k: int) -> dict[str, float]:
+    """How much of an attribution order's first k regions lies on a mask, with the chance level of each measure.
+
+    ``pixel_share``: share of the first k regions' pixels inside the mask (chance: the mask's area share).
+    ``region_share``: share of the first k regions that lie mostly (> 50 % of their pixels) inside the mask
+    (chance: that share over all regions of the division). ``labels`` is the region label map, ``order`` region ids.
+    """
+    lab = np.asarray(labels)
+    g = np.asarray(mask).astype(bool)
+    if lab.shape != g.shape:
+        raise ValueError(f"label map {lab.shape} and mask {g.shape} differ in size")
+    ids = np.unique(lab)
+    # Pixels and inside-pixels per region id, in one pass each (bincount over the dense index of each id).
+    dense = np.searchsorted(ids, lab)
+    size = np.bincount(dense.ravel(), minlength=len(ids))
+    inside = np.bincount(dense.ravel(), weights=g.ravel().astype(np.float64), minlength=len(ids))
+    first = np.searchsorted(ids, np.asarray(order)[: int(k)])
+    mostly = inside / size > 0.5
+    return {"pixel_share": float(inside[first].sum() / size[first].sum()), "area_share": float(g.mean()),
+            "region_share": float(mostly[first].mean()), "region_chance": float(mostly.mean())}
