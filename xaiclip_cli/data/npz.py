@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from xaiclip_cli.data.base import SPLITS, DataSource, Sample, SourceInfo
+from xaiclip_cli.data.base import MASK_KINDS, SPLITS, DataSource, Sample, SourceInfo
 from xaiclip_cli.errors import UsageError, XaiclipError
 
 
@@ -51,8 +51,8 @@ def read_npz_headers(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dt
     return out
 
 
-# Mask kind -> npz key suffix ({split}_masks, {split}_nuclei); both are optional, validated like the images.
-MASK_KEYS: dict[str, str] = {"cell": "masks", "nuclei": "nuclei"}
+# Mask kind (data.base.MASK_KINDS) -> npz key suffix ({split}_masks, {split}_nuclei); both optional, validated.
+MASK_KEYS: dict[str, str] = dict(zip(MASK_KINDS, ("masks", "nuclei"), strict=True))
 
 
 class NpzSource(DataSource):
