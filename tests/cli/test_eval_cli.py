@@ -175,6 +175,46 @@ def test_localization_bad_inputs(toy_maps: Path, tmp_path: Path) -> None:
     assert "thresholds" in r["stderr"]
 
 
+def test_localization_mask_kind_nuclei(tmp_path: Path) -> None:
+    from tests.data.conftest import make_npz, write_png
+    from xaiclip_cli.data.toycells import ToyCellsSource
+
+    src = ToyCellsSource()
+    d = tmp_path / "maps"
+    d.mkdir()
+    for i in range(3):  # maps equal to the nuclei masks, paired with toy-cells rows by their stem
+        np.save(d / f"test_{i:05d}.npy", src.get_mask("test", i, "nuclei").astype(np.float64))
+    args = ["eval", "localization", "--maps", str(d), "--dataset", "toycells", "--bootstrap", "0"]
+    doc = _run([*args, "--mask-kind", "nuclei", "--output-dir", str(tmp_path / "n")])
+    m = {r["metric"]: r["mean"] for r in doc["metrics"]}
+    assert m["iou@0.5"] == 1.0 and m["dice@0.5"] == 1.0 and m["pointing_hit"] == 1.0
+    assert json.loads((tmp_path / "n" / "eval.json").read_text())["settings"]["mask_kind"] == "nuclei"
+    doc = _run([*args, "--output-dir", str(tmp_path / "c")])
+    m = {r["metric"]: r["mean"] for r in doc["metrics"]}
+    hand = []
+    for i in range(3):
+        n, c = src.get_mask("test", i, "nuclei").astype(bool), src.get("test", i).mask.astype(bool)
+        hand.append((n & c).sum() / (n | c).sum())
+    assert m["iou@0.5"] == pytest.approx(np.mean(hand), abs=1e-12) and m["iou@0.5"] < 0.7
+    assert json.loads((tmp_path / "c" / "eval.json").read_text())["settings"]["mask_kind"] == "cell"
+    # refusals: one line, exit 2, no output folder
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    r = _run([*args, "--mask-kind", "nuclei", "--masks", str(masks), "--output-dir", str(tmp_path / "x1")], code=2)
+    assert "--masks DIR" in r["stderr"] and not (tmp_path / "x1").exists()
+    make_npz(tmp_path / "bloodmnist.npz")
+    r = _run(["eval", "localization", "--maps", str(d), "--dataset", f"medmnist:{tmp_path / 'bloodmnist.npz'}",
+              "--mask-kind", "nuclei", "--output-dir", str(tmp_path / "x2")], code=2)
+    assert "has no nuclei masks" in r["stderr"] and not (tmp_path / "x2").exists()
+    for cls in ("a", "b"):
+        write_png(tmp_path / "imgs" / "test" / cls / "im.png", (10, 20, 30))
+    r = _run(["eval", "localization", "--maps", str(d), "--dataset", f"folder:{tmp_path / 'imgs'}",
+              "--mask-kind", "nuclei", "--output-dir", str(tmp_path / "x3")], code=2)
+    assert "has no nuclei masks" in r["stderr"] and not (tmp_path / "x3").exists()
+    r = runner.invoke(app, [*args, "--mask-kind", "nucleus", "--output-dir", str(tmp_path / "x4")])
+    assert r.exit_code == 2 and "'cell', 'nuclei'" in r.stderr and not (tmp_path / "x4").exists()
+
+
 def test_localization_tuned_threshold(toy_maps: Path, tmp_path: Path) -> None:
     doc = _run(["eval", "localization", "--maps", str(toy_maps), "--thresholds", "tuned", "--tune-maps",
                 str(toy_maps), "--output-dir", str(tmp_path / "t"), "--bootstrap", "0"])

@@ -194,6 +194,49 @@ def test_mufidelity_seeded_and_drop(maps: Path, tmp_path: Path) -> None:
     assert m["increase_in_confidence"] == pytest.approx(np.mean(o > y), abs=1e-12)
 
 
+def test_mufidelity_black_min_baseline_matches_direct_loop(maps: Path, backend, tmp_path: Path) -> None:
+    import torch.nn.functional as F
+
+    from xaiclip_cli.data.toycells import ToyCellsSource
+    from xaiclip_cli.metrics import mufidelity as MF
+    from xaiclip_cli.metrics.scoring import image_seed
+
+    out = tmp_path / "bm"
+    _run(["eval", "mufidelity", *BASE, "--maps", str(maps), "--samples", "12", "--grid-size", "4", "--limit", "2",
+          "--baseline", "black-min", "--seed", "0", "--bootstrap", "0", "--output-dir", str(out)])
+    full = json.loads((out / "eval.json").read_text())
+    base = full["settings"]["baseline"]
+    assert base["kind"] == "black-min" and base["value"] is None and "per-sample minimum" in base["space"]
+    rows = _rows(out / "per_image.csv")
+    src = ToyCellsSource()
+    text = backend.encode_texts(TEXTS).float()
+    for i in range(2):
+        # Independent: the per-image minimum over channels and pixels of the preprocessed image, by hand
+        x = backend.preprocess(src.get("test", i).image).float()[0]
+        beta = torch.full_like(x, float(x.min()))
+        size = tuple(x.shape[-2:])
+        phi = np.load(maps / f"test_{i:05d}_rand.npz")["map"]
+        phi = F.interpolate(torch.as_tensor(phi)[None, None], size=size, mode="bilinear",
+                            align_corners=False)[0, 0].numpy()
+        keep = MF.bernoulli_masks(image_seed(0, f"test_{i:05d}"), 12, 4, size)
+
+        def f(b, t=i % 3):
+            with torch.no_grad():
+                g, _ = backend.encode_image(b)
+                return (backend.logit_scale * g.float() @ text.T + backend.logit_bias).softmax(-1)[:, t]
+
+        rho = MF.mufidelity_image(f, x, phi, beta, keep, "spearman")[0]
+        assert float(rows[f"test_{i:05d}_rand"]["mufidelity"]) == pytest.approx(rho, abs=1e-6)
+    # the same masks with the default black baseline give other values (the baseline is really used)
+    _run(["eval", "mufidelity", *BASE, "--maps", str(maps), "--samples", "12", "--grid-size", "4", "--limit", "2",
+          "--seed", "0", "--bootstrap", "0", "--output-dir", str(tmp_path / "b")])
+    other = _rows(tmp_path / "b" / "per_image.csv")
+    assert any(other[k]["mufidelity"] != rows[k]["mufidelity"] for k in rows)
+    r = _run(["eval", "mufidelity", *BASE, "--maps", str(maps), "--baseline", "grey", "--output-dir",
+              str(tmp_path / "g")], code=2)
+    assert "black-min, white-max" in r["stderr"] and not (tmp_path / "g").exists()
+
+
 def test_sanity_on_toy_vit(tmp_path: Path) -> None:
     out = tmp_path / "s"
     doc = _run(["eval", "sanity", "--backend", "toy", "--model", "toy-vit", "--device", "cpu", "--threads", "1",

@@ -134,3 +134,31 @@ def test_bad_index_and_split(tmp_path: Path) -> None:
         src.get("val", 0)
     with pytest.raises(UsageError, match="index -1"):
         src.get_many("test", [0, -1])
+
+
+def test_mask_kinds_and_nuclei_masks(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    sizes = (("train", 16), ("val", 4), ("test", 8))
+    extra = {f"{s}_{k}": rng.integers(0, 2, (n, 28, 28)).astype(np.uint8)
+             for s, n in sizes for k in ("masks", "nuclei")}
+    arrays = make_npz(tmp_path / "n.npz", **extra)
+    src = NpzSource(tmp_path / "n.npz", require_masks=True)
+    assert src.mask_kinds() == ("cell", "nuclei")
+    assert np.array_equal(src.get_mask("test", 5, "nuclei"), arrays["test_nuclei"][5])
+    assert np.array_equal(src.get_mask("test", 5, "cell"), arrays["test_masks"][5])
+    assert np.array_equal(src.get_mask("test", 5), src.get("test", 5).mask)
+    src.get_mask("test", 5, "nuclei")[:] = 7  # a copy: the cached split is unchanged
+    assert np.array_equal(src.get_mask("test", 5, "nuclei"), arrays["test_nuclei"][5])
+    # no masks at all (MedMNIST): no kind; asking for nuclei is a one-line UsageError, the cell kind is None
+    make_npz(tmp_path / "plain.npz")
+    plain = NpzSource(tmp_path / "plain.npz")
+    assert plain.mask_kinds() == () and plain.get_mask("test", 0) is None
+    with pytest.raises(UsageError) as exc:
+        plain.get_mask("test", 0, "nuclei")
+    assert "no nuclei masks" in _one_line(exc)
+    # nuclei only in some splits: not a kind of the source; a bad shape is refused at open like masks
+    make_npz(tmp_path / "part.npz", test_nuclei=extra["test_nuclei"])
+    assert NpzSource(tmp_path / "part.npz").mask_kinds() == ()
+    make_npz(tmp_path / "bad.npz", test_nuclei=np.zeros((8, 27, 27), np.uint8))
+    with pytest.raises(UsageError, match="test_nuclei has shape"):
+        NpzSource(tmp_path / "bad.npz")

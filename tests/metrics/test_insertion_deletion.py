@@ -180,8 +180,34 @@ def test_baselines_in_normalised_space() -> None:
     assert b[0, 0, 6, 6] == pytest.approx(1.0, abs=1e-9)  # centre: whole kernel inside, sums to 1
     assert b[0, 0, 0, 0] < 0.5  # corner: zero padding
     assert ID.parse_baseline("value:-1.5") == ("value", -1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="black-min, white-max"):
         ID.parse_baseline("grey")
+
+
+def test_quantus_black_min_and_white_max_per_sample() -> None:
+    # Two samples with different extremes, in different channels and pixels.
+    x = torch.zeros(2, 3, 2, 2, dtype=torch.float64)
+    x[0] = torch.arange(12, dtype=torch.float64).reshape(3, 2, 2) * 0.5 - 1.0  # min -1.0 at (0,0,0), max 4.5
+    x[1] = torch.tensor([[[0.3, 0.2], [0.9, 0.4]], [[-2.2, 0.0], [0.1, 0.0]], [[0.5, 7.0], [0.6, 0.7]]],
+                        dtype=torch.float64)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.5])
+    lo = ID.make_baseline("black-min", x, mean=mean, std=std)
+    hi = ID.make_baseline("white-max", x, mean=mean, std=std)
+    assert lo.shape == x.shape and hi.shape == x.shape
+    assert torch.equal(lo[0], torch.full((3, 2, 2), -1.0, dtype=torch.float64))
+    assert torch.equal(lo[1], torch.full((3, 2, 2), -2.2, dtype=torch.float64))
+    assert torch.equal(hi[0], torch.full((3, 2, 2), 4.5, dtype=torch.float64))
+    assert torch.equal(hi[1], torch.full((3, 2, 2), 7.0, dtype=torch.float64))
+    lo[0, 0, 0, 0] = 99.0  # a real tensor, not a view of x's statistics: editing it changes nothing else
+    assert float(lo[0, 1, 1, 1]) == -1.0 and float(x[0].min()) == -1.0
+    # `black` keeps meaning pixel 0 before normalisation, whatever the input
+    assert torch.allclose(ID.make_baseline("black", x, mean=mean, std=std)[1, :, 0, 0],
+                          (-mean / std).double())
+    assert ID.parse_baseline(" Black-Min ") == ("black-min", None) and ID.parse_baseline("white-max")[0] == "white-max"
+    rec = ID.baseline_record("black-min", None)
+    assert rec["kind"] == "black-min" and "minimum of the normalised input" in rec["space"] and rec["value"] is None
+    assert "before normalisation" in ID.baseline_record("black", None)["space"]
+    assert set(ID.BASELINE_SPACES) == {*ID.BASELINES, "value"}
 
 
 # ------------------------------------------------------------------------------------------- protocol (a)

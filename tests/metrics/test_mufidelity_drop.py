@@ -32,6 +32,39 @@ def test_mufidelity_plus_minus_one(corr: str, style: str) -> None:
     assert MF.mufidelity_image(_f, x, 2.5 * phi, base, keep, corr)[0] == pytest.approx(rho, abs=1e-12)
 
 
+@pytest.mark.parametrize("corr", ["spearman", "pearson"])
+def test_mufidelity_quantus_black_min_baseline(corr: str) -> None:
+    from xaiclip_cli.metrics.insertion_deletion import make_baseline
+
+    rng = np.random.default_rng(4)
+    x = torch.as_tensor(rng.uniform(-1.5, 2.0, (3, 9, 9)), dtype=torch.float64)
+    base = make_baseline("black-min", x[None], mean=torch.zeros(3), std=torch.ones(3))[0]
+    lo = float(x.min())
+    assert torch.equal(base, torch.full_like(x, lo))
+    keep = MF.bernoulli_masks(np.random.Generator(np.random.PCG64(5)), 32, 3, (9, 9))  # [R,H,W], all channels
+    phi = x.sum(0).numpy()  # φ = x summed over channels: a_r = Σ_{perturbed} Σ_c x
+    rho, delta, attr = MF.mufidelity_image(_f, x, phi, base, keep, corr)
+    # Hand oracle: f = Σx, so Δ_r = Σ over perturbed pixels and channels of (x − min x).
+    removed = 1.0 - keep
+    hand = np.array([((x.numpy() - lo) * r[None]).sum() for r in removed])
+    np.testing.assert_allclose(delta, hand, atol=1e-10)
+    assert len(np.unique(np.round(delta, 9))) >= 2
+    # φ = x − min(x) attributes exactly Δ: +1; φ = x is off by min·|S| (|S| varies with Bernoulli subsets)
+    shifted = (x - lo).sum(0).numpy()
+    r_shift, d2, a2 = MF.mufidelity_image(_f, x, shifted, base, keep, corr)
+    np.testing.assert_allclose(a2, d2, atol=1e-10)
+    assert r_shift == pytest.approx(1.0, abs=1e-12)
+    assert MF.mufidelity_image(_f, x, -shifted, base, keep, corr)[0] == pytest.approx(-1.0, abs=1e-12)
+    assert rho < 1.0 - 1e-6
+    # fixed-size subsets (|S| constant, one channel): Δ_r = a_r − |S|·min, so φ = x gives +1 too
+    x1 = x[:1]
+    b1 = make_baseline("black-min", x1[None], mean=torch.zeros(1), std=torch.ones(1))[0]
+    kf = MF.fixed_masks(np.random.Generator(np.random.PCG64(6)), 32, (1, 9, 9), 20)
+    r1, d1, a1 = MF.mufidelity_image(_f, x1, x1[0].numpy(), b1, kf, corr)
+    np.testing.assert_allclose(d1, a1 - 20 * float(x1.min()), atol=1e-10)
+    assert r1 == pytest.approx(1.0, abs=1e-12)
+
+
 def test_offset_changes_bernoulli_not_fixed() -> None:
     rng = np.random.default_rng(1)
     x = torch.as_tensor(rng.uniform(0.1, 1.0, (1, 9, 9)), dtype=torch.float64)

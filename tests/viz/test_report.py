@@ -276,6 +276,27 @@ def test_comparison_only_with_same_settings(tmp_path: Path) -> None:
     assert "<td>c</td>" not in section
 
 
+def test_localization_mask_kind_shown_and_never_compared(tmp_path: Path) -> None:
+    """eval.json records mask_kind: the report shows it with the settings and keeps cell and nuclei apart."""
+    from xaiclip_cli.config.eval import EvalSettings
+    from xaiclip_cli.data.toycells import ToyCellsSource
+    from xaiclip_cli.metrics.commands import run_localization
+
+    src = ToyCellsSource()
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for i in range(3):
+        np.save(maps / f"test_{i:05d}.npy", src.get_mask("test", i, "nuclei").astype(np.float64))
+    for kind in ("cell", "nuclei"):
+        run_localization(EvalSettings(maps=[maps], dataset="toycells", mask_kind=kind, bootstrap=0,
+                                      output_dir=tmp_path / kind))
+    out = tmp_path / "r.html"
+    build_report([tmp_path / "cell", tmp_path / "nuclei"], out)
+    html = out.read_text()
+    assert "<th>mask_kind</th><td>nuclei</td>" in html and "<th>mask_kind</th><td>cell</td>" in html
+    assert "not compared with cell (localization): settings differ in mask_kind" in html
+
+
 def test_skipped_rows_listed_not_scored(tmp_path: Path) -> None:
     """A skipped row (NaN map) keeps its card with the reason, has no metric and sorts last."""
     keys = ["a", "b", "c"]

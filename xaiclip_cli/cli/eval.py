@@ -109,14 +109,15 @@ def smdl(s: EvalSettings, ctx: RunContext) -> EvalResult:
     return _finish(run_smdl(s), ctx)
 
 
-_LOC_FIELDS = ["maps", "masks", "dataset", "split", "limit", "thresholds", "tolerance", "tune_split", "tune_maps",
-               *_COMMON]
+_LOC_FIELDS = ["maps", "masks", "mask_kind", "dataset", "split", "limit", "thresholds", "tolerance", "tune_split",
+               "tune_maps", *_COMMON]
 
 
 @settings_command(app, EvalSettings, name="localization", fields=_LOC_FIELDS)
 def localization(s: EvalSettings, ctx: RunContext) -> EvalResult:
     """Pointing game (TorchRay tolerance), energy pointing game with chance level, IoU/Dice@t (fixed, otsu or
-    tuned on val), pixel AUPRC; per class and by mask-area tertile (no model run)."""
+    tuned on val), pixel AUPRC; per class and by mask-area tertile (no model run). Masks: --masks DIR or the
+    dataset's (--mask-kind cell, or nuclei on toy cells)."""
     from xaiclip_cli.metrics.commands import run_localization
 
     return _finish(run_localization(s), ctx)
@@ -137,7 +138,8 @@ _MODEL_FIELDS = [*_MODEL, *_MAPS, *_TARGET, *_COMMON]
                   fields=[*_MODEL_FIELDS, "convention", "baseline", "unit", "steps", "max_fraction", "rise_step"])
 def faithfulness(s: EvalSettings, ctx: RunContext) -> EvalResult:
     """Insertion and deletion AUC re-evaluated on perturbed images for any map (protocol (b)): conventions
-    xaiclip|xplique|torchcam|rise, baselines black|mean|blur|noise|value:v; batched, resumable (per-image log)."""
+    xaiclip|xplique|torchcam|rise, baselines black|black-min|white-max|mean|blur|noise|value:v; batched, resumable
+    (per-image log)."""
     from xaiclip_cli.metrics.commands import run_faithfulness
 
     return _finish(run_faithfulness(s), ctx)

@@ -73,7 +73,11 @@ class EvalSettings(ModelSelection, RuntimeSettings):
     convention: Literal["xaiclip", "xplique", "torchcam", "rise"] = Field(
         "xaiclip", description="Counts, AUC rule and tie-break of insertion/deletion (metrics.md §2)."
     )
-    baseline: str = Field("black", description="Baseline: black, mean, blur, noise or value:v (normalised space).")
+    baseline: str = Field(
+        "black", description="Baseline: black (pixel 0 before normalisation), black-min / white-max (per-image min / "
+        "max of the normalised input, Quantus black / white), mean (0 normalised), blur, noise, or value:v (constant "
+        "in normalised space).",
+    )
     unit: Literal["input", "grid"] = Field("input", description="Features: input pixels or the map's own cells.")
     steps: int = Field(50, ge=1, description="Steps s of the insertion/deletion curves.")
     max_fraction: float = Field(1.0, gt=0.0, le=1.0, description="Largest fraction of features perturbed.")
@@ -94,6 +98,10 @@ class EvalSettings(ModelSelection, RuntimeSettings):
     )
     # --- localisation ---
     thresholds: str = Field("0.5", description="localization: t, t1,t2, a:b:step, otsu or tuned (on --tune-split).")
+    mask_kind: Literal["cell", "nuclei"] = Field(
+        "cell", description="localization: which dataset mask: cell (the dataset's mask; toy cells: the target cell) "
+        "or nuclei (toy cells: nucleus + granules; not with --masks).",
+    )
     tolerance: float = Field(15.0, ge=0.0, description="localization: pointing-game tolerance in mask pixels.")
     tune_split: Literal["train", "val", "test"] = Field(
         "val", description="localization --thresholds tuned: split whose maps choose t (given with --tune-maps)."
@@ -128,16 +136,10 @@ class EvalSettings(ModelSelection, RuntimeSettings):
     @field_validator("baseline")
     @classmethod
     def _check_baseline(cls, value: str) -> str:
-        t = value.strip().lower()
-        if t in ("black", "mean", "blur", "noise"):
-            return t
-        if t.startswith("value:"):
-            try:
-                float(t.split(":", 1)[1])
-            except ValueError as exc:
-                raise ValueError(f"baseline {value!r}: value:v needs a number") from exc
-            return t
-        raise ValueError(f"unknown baseline {value!r} (black, mean, blur, noise, value:v)")
+        from xaiclip_cli.metrics.insertion_deletion import parse_baseline
+
+        parse_baseline(value)  # ValueError names the choices
+        return value.strip().lower()
 
     @field_validator("thresholds")
     @classmethod

@@ -8,7 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from xaiclip_cli.errors import UsageError
+
 SPLITS = ("train", "val", "test")
+# Ground-truth mask kinds: "cell" is the source's own mask (Sample.mask: the target cell of toy cells, a CSV mask
+# column ...); "nuclei" is the finer nucleus + granule mask only toy cells ship.
+MASK_KINDS = ("cell", "nuclei")
 
 
 @dataclass
@@ -53,6 +58,16 @@ class DataSource(abc.ABC):
     @abc.abstractmethod
     def info(self) -> SourceInfo:
         """Provenance and class names."""
+
+    def mask_kinds(self) -> tuple[str, ...]:
+        """Mask kinds (of ``MASK_KINDS``) this source may hold; "cell" = ``Sample.mask`` (may still be None)."""
+        return ("cell",)
+
+    def get_mask(self, split: str, index: int, kind: str = "cell") -> np.ndarray | None:
+        """The ``kind`` mask of one sample (uint8 H×W) or None; a kind the source lacks raises a UsageError."""
+        if kind == "cell":
+            return self.get(split, index).mask
+        raise UsageError(f"{self.info().ref}: no {kind} masks (has: {', '.join(self.mask_kinds()) or 'none'})")
 
     def get_many(self, split: str, indices: list[int]) -> list[Sample]:
         """Several samples of one split; sources override this for vectorised reads."""

@@ -1,4 +1,4 @@
-"""MedMNIST-format npz reader: ``{split}_images``/``{split}_labels`` (+ optional ``{split}_masks``), validated, lazy.
+"""MedMNIST-format npz reader: ``{split}_images``/``{split}_labels`` (+ optional ``{split}_masks``/``_nuclei``), lazy.
 
 Hand-written on NumPy rather than medmnist's Dataset class, which asserts the official split sizes (small files
 fail ``len()``) and loads whole splits eagerly. Structure problems (keys, dtypes, shapes) are UsageErrors (exit 2:
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from xaiclip_cli.data.base import SPLITS, DataSource, Sample, SourceInfo
+from xaiclip_cli.data.base import MASK_KINDS, SPLITS, DataSource, Sample, SourceInfo
 from xaiclip_cli.errors import UsageError, XaiclipError
 
 
@@ -49,6 +49,10 @@ def read_npz_headers(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dt
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise XaiclipError(f"{path}: not a readable .npz file ({exc}); re-download or regenerate it") from None
     return out
+
+
+# Mask kind (data.base.MASK_KINDS) -> npz key suffix ({split}_masks, {split}_nuclei); both optional, validated.
+MASK_KEYS: dict[str, str] = dict(zip(MASK_KINDS, ("masks", "nuclei"), strict=True))
 
 
 class NpzSource(DataSource):
@@ -119,11 +123,12 @@ class NpzSource(DataSource):
             if len(lshape) != 2 or lshape[0] != ishape[0]:
                 raise UsageError(f"{p}: {s}_labels has shape {lshape}, expected ({ishape[0]}, 1) or ({ishape[0]}, L)")
             shapes[f"{s}_images"], shapes[f"{s}_labels"] = ishape, lshape
-            if f"{s}_masks" in headers:
-                mshape, mdt = headers[f"{s}_masks"]
-                if mshape != ishape[:3] or not (mdt == np.uint8 or mdt == np.bool_):
-                    raise UsageError(f"{p}: {s}_masks has shape {mshape} {mdt}, expected {ishape[:3]} uint8")
-                shapes[f"{s}_masks"] = mshape
+            for suffix in MASK_KEYS.values():
+                if f"{s}_{suffix}" in headers:
+                    mshape, mdt = headers[f"{s}_{suffix}"]
+                    if mshape != ishape[:3] or not (mdt == np.uint8 or mdt == np.bool_):
+                        raise UsageError(f"{p}: {s}_{suffix} has shape {mshape} {mdt}, expected {ishape[:3]} uint8")
+                    shapes[f"{s}_{suffix}"] = mshape
         self.image_size = int(side[0]) if side else None
         self.channels = int(channels or 0)
         self.n_labels = int(shapes[f"{present[0]}_labels"][1])
@@ -143,7 +148,7 @@ class NpzSource(DataSource):
                 raise XaiclipError(f"{self.path}: cannot read {key} ({exc}); re-download or regenerate it") from None
             if key.endswith("_labels"):
                 arr = arr.reshape(arr.shape[0], -1).astype(np.int64, copy=False)
-            elif key.endswith("_masks"):
+            elif key.endswith(tuple(f"_{k}" for k in MASK_KEYS.values())):
                 arr = arr.astype(np.uint8, copy=False)
             self._cache[key] = arr
         return arr
@@ -163,11 +168,27 @@ class NpzSource(DataSource):
         self._check_split(split)
         return self._array(f"{split}_labels")
 
-    def masks(self, split: str) -> np.ndarray | None:
-        """All masks of a split (N,S,S) uint8, or None when the file has none."""
+    def masks(self, split: str, kind: str = "cell") -> np.ndarray | None:
+        """All ``kind`` masks of a split (N,S,S) uint8 (``MASK_KEYS``), or None when the file has none."""
         self._check_split(split)
-        key = f"{split}_masks"
+        key = f"{split}_{MASK_KEYS[kind]}"
         return self._array(key) if key in self._shapes else None
+
+    def mask_kinds(self) -> tuple[str, ...]:
+        """Mask kinds every split of the file holds (toy cells: cell and nuclei; MedMNIST: none)."""
+        present = [s for s in SPLITS if f"{s}_images" in self._shapes]
+        return tuple(k for k, suffix in MASK_KEYS.items()
+                     if present and all(f"{s}_{suffix}" in self._shapes for s in present))
+
+    def get_mask(self, split: str, index: int, kind: str = "cell") -> np.ndarray | None:
+        """One sample's ``kind`` mask (a copy), None when the file has no such mask for the split."""
+        if kind not in MASK_KEYS:
+            raise UsageError(f"unknown mask kind {kind!r} ({', '.join(MASK_KEYS)})")
+        if kind != "cell" and kind not in self.mask_kinds():
+            raise UsageError(f"{self.ref}: no {kind} masks (has: {', '.join(self.mask_kinds()) or 'none'})")
+        (i,) = self._check_indices(split, [index])
+        m = self.masks(split, kind)
+        return None if m is None else m[i].copy()
 
     # -- DataSource -------------------------------------------------------------------------------------------
     def split_sizes(self) -> dict[str, int]:

@@ -286,13 +286,16 @@ def run_smdl(s: Any) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- localization
 class _Masks:
-    """Ground-truth masks for map items: --masks DIR (<stem>.png|.npy) or the dataset's own masks."""
+    """Ground-truth masks for map items: --masks DIR (<stem>.png|.npy) or the dataset's own ``kind`` masks."""
 
-    def __init__(self, masks_dir: Path | None, dataset: str | None, split: str) -> None:
+    def __init__(self, masks_dir: Path | None, dataset: str | None, split: str, kind: str = "cell") -> None:
         self.dir = Path(masks_dir) if masks_dir is not None else None
         if self.dir is not None and not self.dir.is_dir():
             raise UsageError(f"--masks {self.dir}: no such folder")
-        self.dataset, self.split = dataset, split
+        if kind != "cell" and self.dir is not None:
+            raise UsageError(f"--mask-kind {kind} reads the dataset's {kind} masks; --masks DIR gives one mask per "
+                             "image: drop --masks or use --mask-kind cell")
+        self.dataset, self.split, self.kind = dataset, split, kind
         self._sources: dict[str, Any] = {}
 
     def _source(self, ref: str) -> Any:
@@ -301,6 +304,18 @@ class _Masks:
 
             self._sources[ref] = open_source(ref)
         return self._sources[ref]
+
+    def check(self, items: list[Any]) -> None:
+        """Refuse (before anything is written) a mask kind one of the items' datasets does not hold."""
+        if self.dir is not None or self.kind == "cell":
+            return  # the cell kind is Sample.mask: a source without it gives missing_mask skips, counted
+        refs = {str(it.image.get("dataset") or self.dataset) for it in items
+                if it.image.get("dataset") or self.dataset}
+        for ref in sorted(refs):
+            kinds = self._source(ref).mask_kinds()
+            if self.kind not in kinds:
+                raise UsageError(f"--mask-kind {self.kind}: dataset {ref} has no {self.kind} masks (has: "
+                                 f"{', '.join(kinds) or 'none'}; toy cells ship nuclei masks)")
 
     def get(self, item: Any) -> tuple[np.ndarray | None, int | None]:
         """(mask or None, class label or None) of an item."""
@@ -326,8 +341,10 @@ class _Masks:
             split, index = si
         if ref is None:
             return None, None
-        sample = self._source(str(ref)).get(str(split), int(index))
-        return sample.mask, int(sample.label)
+        src = self._source(str(ref))
+        sample = src.get(str(split), int(index))
+        mask = sample.mask if self.kind == "cell" else src.get_mask(str(split), int(index), self.kind)
+        return mask, int(sample.label)
 
 
 def run_localization(s: Any) -> dict[str, Any]:
@@ -339,17 +356,20 @@ def run_localization(s: Any) -> dict[str, Any]:
     from xaiclip_cli.metrics.maps import collect
 
     items = collect(s.maps, s.limit)
-    masks = _Masks(s.masks, s.dataset, s.split)
+    kind = getattr(s, "mask_kind", "cell")
+    masks = _Masks(s.masks, s.dataset, s.split, kind)
     if s.masks is None and s.dataset is None and not any(it.image.get("dataset") for it in items):
         raise UsageError("no masks: give --masks DIR (<image stem>.png|.npy) or --dataset with masks (toycells)")
     thr = L.parse_thresholds(s.thresholds)
     tuned: dict[int, float] | None = None
     notes: list[str] = []
+    tune_items = collect(s.tune_maps) if thr == "tuned" and s.tune_maps else []
+    masks.check([*items, *tune_items])
     if thr == "tuned":
         if not s.tune_maps:
             raise UsageError("--thresholds tuned needs --tune-maps (maps of the --tune-split split)")
         tmaps, tmasks, tcls = [], [], []
-        for it in collect(s.tune_maps):
+        for it in tune_items:
             m, c = masks.get(it)
             if it.phi is not None and m is not None and np.asarray(m).any() and np.isfinite(it.phi).all():
                 tmaps.append(it.phi)
@@ -420,7 +440,8 @@ def run_localization(s: Any) -> dict[str, Any]:
     settings = {"protocol": "localization", "map": "ReLU, bilinear to mask size (align_corners=False)",
                 "pointing_game": {"tolerance_px": s.tolerance, "rule": "strict ||q-p*||^2 < tol^2, first row-major "
                                   "peak"}, "energy": "min-max map", "thresholds": s.thresholds,
-                "tuned": tuned, "masks": str(s.masks) if s.masks else "dataset", "bootstrap": s.bootstrap,
+                "tuned": tuned, "masks": str(s.masks) if s.masks else "dataset", "mask_kind": kind,
+                "bootstrap": s.bootstrap,
                 "bootstrap_seed": s.seed}
     doc = R.eval_document("localization", settings,
                           {"images": len(rows), "evaluated": len(ok), "skipped": R.skipped_counts(rows)}, metrics,
@@ -593,8 +614,7 @@ def run_faithfulness(s: Any) -> dict[str, Any]:
     kind, value = ID.parse_baseline(s.baseline)
     facts = ID.CONVENTION_FACTS[s.convention]
     settings = {"protocol": "b (re-evaluated pixel ranking)", "convention": s.convention, **facts,
-                "baseline": {"kind": kind, "space": "normalised" if kind != "black" else
-                             "pixel 0 before normalisation", "value": value},
+                "baseline": ID.baseline_record(kind, value),
                 "unit": s.unit, "steps": s.steps, "max_fraction": s.max_fraction, "rise_step": s.rise_step,
                 **_model_common(s), "aggregation": "mean of per-image AUC", "seed": s.seed,
                 "bootstrap": s.bootstrap, "bootstrap_seed": s.seed}
@@ -674,7 +694,7 @@ def run_mufidelity(s: Any) -> dict[str, Any]:
     kind, value = ID.parse_baseline(s.baseline)
     settings = {"protocol": "mufidelity", "subset": s.subset, "grid_size": s.grid_size, "samples": s.samples,
                 "subset_percent": s.subset_percent, "subset_size": s.subset_size, "corr": s.corr,
-                "upsampling": "torch nearest-exact", "baseline": {"kind": kind, "value": value},
+                "upsampling": "torch nearest-exact", "baseline": ID.baseline_record(kind, value),
                 "mask_seed": f"PCG64(SeedSequence([seed, crc32(map key)])), seed {s.seed}",
                 "nan_rule": "constant delta or attribution -> 0", **_model_common(s), "seed": s.seed,
                 "bootstrap": s.bootstrap, "bootstrap_seed": s.seed}

@@ -204,17 +204,37 @@ def blur(x: Any, size: int = 11, sigma: float = 5.0) -> Any:
     return F.conv2d(x, w, padding=size // 2, groups=c)
 
 
+# Named baselines (metrics.md §2, §3); ``value:v`` is the one parametrised kind. What each means, in the words
+# eval.json records as its ``space``.
+BASELINES: tuple[str, ...] = ("black", "black-min", "white-max", "mean", "blur", "noise")
+BASELINE_CHOICES = ", ".join((*BASELINES, "value:v"))
+BASELINE_SPACES: dict[str, str] = {
+    "black": "pixel 0 before normalisation, (0 - mean_c)/std_c (SMDL/LIMA)",
+    "black-min": "per-sample minimum of the normalised input over all channels and pixels (Quantus 0.6.0 'black')",
+    "white-max": "per-sample maximum of the normalised input over all channels and pixels (Quantus 0.6.0 'white')",
+    "mean": "0 in normalised space (the mean colour)",
+    "blur": "Gaussian blur (11x11, sigma 5) of the normalised input",
+    "noise": "seeded uniform [0, 1) pixels before normalisation",
+    "value": "constant in normalised space",
+}
+
+
 def parse_baseline(text: str) -> tuple[str, float | None]:
-    """'black' | 'mean' | 'blur' | 'noise' | 'value:v' → (kind, v)."""
+    """'black' | 'black-min' | 'white-max' | 'mean' | 'blur' | 'noise' | 'value:v' → (kind, v)."""
     t = str(text).strip().lower()
-    if t in ("black", "mean", "blur", "noise"):
+    if t in BASELINES:
         return t, None
     if t.startswith("value:"):
         try:
             return "value", float(t.split(":", 1)[1])
         except ValueError as exc:
             raise ValueError(f"baseline {text!r}: value:v needs a number") from exc
-    raise ValueError(f"unknown baseline {text!r} (black, mean, blur, noise, value:v)")
+    raise ValueError(f"unknown baseline {text!r} ({BASELINE_CHOICES})")
+
+
+def baseline_record(kind: str, value: float | None) -> dict[str, Any]:
+    """The ``baseline`` entry of eval.json: {kind, space, value}."""
+    return {"kind": kind, "space": BASELINE_SPACES[kind], "value": value}
 
 
 def make_baseline(kind: str, x: Any, *, mean: Any, std: Any, value: float | None = None, seed: int = 0) -> Any:
@@ -228,6 +248,10 @@ def make_baseline(kind: str, x: Any, *, mean: Any, std: Any, value: float | None
     sd = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     if kind == "black":
         return ((0.0 - mu) / sd).expand_as(x).clone()
+    if kind == "black-min":  # Quantus 0.6.0 perturb_baseline="black": min over channels and pixels, per sample
+        return x.amin(dim=(1, 2, 3), keepdim=True).expand_as(x).clone()
+    if kind == "white-max":  # Quantus "white": the per-sample max
+        return x.amax(dim=(1, 2, 3), keepdim=True).expand_as(x).clone()
     if kind == "mean":
         return torch.zeros_like(x)
     if kind == "value":
