@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from xaiclip_cli.errors import UsageError
+
 SSIM_SIGMA = 6.0 / 7.0
 SSIM_WINDOW = 7
 _BLOCK_LISTS = re.compile(r"^(blocks|stages|layers|layer|resblocks|layer\d+)$")
@@ -288,6 +290,12 @@ class AttribMaps:
         self.labels: list[np.ndarray] = []
         self.inputs: list[tuple[Any, Any, Any, np.ndarray]] = []
         div = spec.division_kwargs(self.size)
+        # Checked here with the sanity flag names (divide() would name attrib run's --grid/--region-size).
+        if spec.division == "grid" and not 2 <= int(spec.grid) <= self.size:
+            raise UsageError(f"--attrib-grid must be between 2 and the model input size {self.size}, got {spec.grid}")
+        if spec.division == "slico" and not 1 <= div["region_size"] <= self.size // 2:
+            raise UsageError(f"--attrib-region-size {div['region_size']} does not fit a {self.size}px input: SMDL "
+                             f"needs at least 2 regions (use at most {self.size // 2})")
         for im in images:
             bgr = model_bgr(im, self.size)
             labels = divide(bgr, spec.division, **div)
