@@ -286,6 +286,8 @@ def test_sanity_attrib_bad_inputs_write_nothing(tmp_path: Path) -> None:
     assert "--attrib-region-size 40 does not fit a 64px input" in r["stderr"]
     r = _run([*base, "--attrib-region-size", "big", "--output-dir", str(out)], code=2)
     assert "attrib_region_size" in r["stderr"]
+    r = _run(["eval", "sanity", *BASE, "--dataset", "toycells", "--method", "atrib", "--output-dir", str(out)], code=2)
+    assert "unknown --method 'atrib'" in r["stderr"] and "or attrib" in r["stderr"]
     r = runner.invoke(app, [*base, "--attrib-division", "sam", "--output-dir", str(out)])  # click's choice error
     assert r.exit_code == 2 and "'grid', 'slico'" in r.stderr
     assert not out.exists()

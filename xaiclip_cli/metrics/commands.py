@@ -831,9 +831,12 @@ def _cam_sanity_maps(s: Any, backend: Any, images: list[np.ndarray], tmap: dict[
 
 def run_sanity(s: Any) -> dict[str, Any]:
     """`eval sanity`: randomisation and random-prompt checks of a CAM method or of SMDL attrib rank maps (§9)."""
+    from xaiclip_cli.explain.cam import METHODS
     from xaiclip_cli.metrics import sanity as S
 
     attrib = s.method == S.ATTRIB
+    if not attrib and s.method not in METHODS:  # before any image or model is read
+        raise UsageError(f"unknown --method {s.method!r} (choose from {', '.join(METHODS)}, or {S.ATTRIB})")
     if attrib and s.target_layer:
         raise UsageError("--target-layer does not apply to --method attrib (SMDL ranks image regions); drop it")
     images, keys, classes = _sanity_images(s)
