@@ -267,7 +267,6 @@ def test_sanity_attrib_all_checks_on_toy_vit(tmp_path: Path) -> None:
         assert c["ssim_mean"][0] == 1.0 and c["spearman_mean"][0] == 1.0
     z = np.load(out / "curves.npz")
     assert z["sim_image_cascading_ssim"].shape == (2, 9)
-    # 2×2 grid: a rank map is a permutation of 4, 3, 2, 1 over the quadrants; step 0 compares it with itself.
     assert full["counts"]["forwards"] > 0
     again = tmp_path / "again"
     _run([*args, "--checks", "image", "--output-dir", str(again)])

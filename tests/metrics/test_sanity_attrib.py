@@ -97,3 +97,16 @@ def test_model_bgr_and_spec_records() -> None:
     rec = S.AttribSpec(division="slico", region_size="auto").record(224)
     assert rec["division"] == "slico" and rec["region_size"] == 30 and rec["search"] == "lazy"
     assert S.AttribSpec().record(64)["grid"] == 5
+
+
+def test_slico_regions_fixed_across_calls(setup) -> None:  # noqa: ANN001
+    """SLICO labels are computed once per image; each superpixel carries one rank, the ranks are 1..k."""
+    backend, images, _am = setup
+    am = S.AttribMaps(backend, images[:1], S.AttribSpec(division="slico", region_size="21"))
+    labels = am.labels[0]
+    k = len(np.unique(labels))
+    m = am.maps(TEXTS, [0])[0]
+    assert 2 <= k <= 16 and sorted(np.unique(m).tolist()) == list(range(1, k + 1))
+    for lab in np.unique(labels):
+        assert np.unique(m[labels == lab]).size == 1
+    assert am.labels[0] is labels and np.array_equal(am.maps(TEXTS, [0])[0], m)  # same weights: same map

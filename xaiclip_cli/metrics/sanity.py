@@ -1,6 +1,7 @@
 """Sanity checks for image–text explanations (Adebayo et al. 2018; metrics.md §9): model-parameter randomisation of
 the image and text towers (cascading top-down or bottom-up, or independent), the random-prompt test, similarity
-curves and a pass band from random pairs of maps of different images (Arun et al.).
+curves and a pass band from random pairs of maps of different images (Arun et al.). The maps come from a CAM method
+(the caller) or from SMDL attributions re-run at every step and turned into rank maps (``AttribMaps``, §3).
 
 Quantus and xplique only randomise classifiers, so the tower walk and the re-initialisation are written here.
 SSIM is ``skimage.metrics.structural_similarity`` (scikit-image 0.26) on min-max maps, data range 1, Gaussian
