@@ -286,3 +286,76 @@ def test_compare_two_methods_paired(maps: Path, tmp_path: Path) -> None:
     r = _run(["eval", "compare", "--results", str(tmp_path / "a"), "--results", str(tmp_path / "b6"),
               "--output-dir", str(tmp_path / "c2")], code=2)
     assert "different settings" in r["stderr"] and "steps" in r["stderr"]
+
+
+def test_sanity_attrib_all_checks_on_toy_vit(tmp_path: Path) -> None:
+    """--method attrib: SMDL rank maps at every step of every check; the options are recorded; seeded."""
+    args = ["eval", "sanity", "--backend", "toy", "--model", "toy-vit", "--device", "cpu", "--threads", "1",
+            "--dataset", "toycells", "--limit", "2", "--method", "attrib", "--attrib-grid", "2", "--pairs", "4",
+            "--bootstrap", "20"]
+    out = tmp_path / "s"
+    _run([*args, "--output-dir", str(out)])
+    full = json.loads((out / "eval.json").read_text())
+    st = full["settings"]
+    assert st["method"] == "attrib" and st["cam_score"] is None and st["layer"] is None
+    assert {k: st["attrib"][k] for k in ("division", "grid", "search", "fill", "score")} == {
+        "division": "grid", "grid": 2, "search": "lazy", "fill": "black", "score": "softmax"}
+    assert st["map_resolution"] == ["input size (rank map of the SMDL regions)"]
+    checks = full["extra"]["sanity"]
+    assert set(checks) == {"image_cascading", "text_cascading", "image_independent", "prompt_other_text",
+                           "prompt_random_tokens"}
+    assert checks["text_cascading"]["steps"] == ["trained", "text_proj", "text.encoder.layer.1",
+                                                 "text.encoder.layer.0", "text.embeddings"]
+    for c in checks.values():
+        assert c["ssim_mean"][0] == 1.0 and c["spearman_mean"][0] == 1.0
+    z = np.load(out / "curves.npz")
+    assert z["sim_image_cascading_ssim"].shape == (2, 9)
+    assert full["counts"]["forwards"] > 0
+    again = tmp_path / "again"
+    _run([*args, "--checks", "image", "--output-dir", str(again)])
+    z2 = np.load(again / "curves.npz")
+    np.testing.assert_array_equal(z2["sim_image_cascading_ssim"], z["sim_image_cascading_ssim"])  # same seed
+
+
+def test_sanity_attrib_bad_inputs_write_nothing(tmp_path: Path) -> None:
+    base = ["eval", "sanity", *BASE, "--dataset", "toycells", "--limit", "2", "--method", "attrib"]
+    out = tmp_path / "o"
+    r = _run([*base, "--target-layer", "layer4", "--output-dir", str(out)], code=2)
+    assert "--target-layer does not apply to --method attrib" in r["stderr"]
+    r = _run([*base, "--attrib-grid", "65", "--output-dir", str(out)], code=2)  # toy-cnn inputs are 64 px
+    assert "--attrib-grid must be between 2 and the model input size 64, got 65" in r["stderr"]
+    r = _run([*base, "--attrib-division", "slico", "--attrib-region-size", "40", "--output-dir", str(out)], code=2)
+    assert "--attrib-region-size 40 does not fit a 64px input" in r["stderr"]
+    r = _run([*base, "--attrib-region-size", "big", "--output-dir", str(out)], code=2)
+    assert "attrib_region_size" in r["stderr"]
+    r = _run(["eval", "sanity", *BASE, "--dataset", "toycells", "--method", "atrib", "--output-dir", str(out)], code=2)
+    assert "unknown --method 'atrib'" in r["stderr"] and "or attrib" in r["stderr"]
+    r = runner.invoke(app, [*base, "--attrib-division", "sam", "--output-dir", str(out)])  # click's choice error
+    assert r.exit_code == 2 and "'grid', 'slico'" in r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_sanity_on_tiny_hf_models(kind: str, tmp_path: Path) -> None:
+    """`--backend hf` on a tiny transformers CLIP/SigLIP saved offline: HF tower names, step 0 = 1, eval.json."""
+    from tests.models.conftest import build_tiny_clip, build_tiny_siglip
+
+    torch.manual_seed(0)
+    model_dir = (build_tiny_clip if kind == "clip" else build_tiny_siglip)(tmp_path / kind)
+    out = tmp_path / "s"
+    _run(["eval", "sanity", "--backend", "hf", "--model", str(model_dir), "--device", "cpu", "--threads", "1",
+          "--dataset", "toycells", "--limit", "2", "--method", "layercam", "--checks", "image,text",
+          "--pairs", "4", "--bootstrap", "20", "--output-dir", str(out)])
+    full = json.loads((out / "eval.json").read_text())
+    checks = full["extra"]["sanity"]
+    head, proj = ("visual_projection", "text_projection") if kind == "clip" else ("visual.head", "text.head")
+    image_steps = checks["image_cascading"]["steps"]
+    assert image_steps[:5] == ["trained", head, "visual.post_layernorm", "visual.encoder.layers.1",
+                               "visual.encoder.layers.0"]
+    assert image_steps[-1] == "visual.embeddings"
+    assert checks["text_cascading"]["steps"] == ["trained", proj, "text.final_layer_norm", "text.encoder.layers.0",
+                                                 "text.embeddings"]
+    for c in checks.values():
+        assert c["ssim_mean"][0] == 1.0 and c["spearman_mean"][0] == 1.0
+        assert min(c["ssim_mean"]) < 1.0  # the maps do change along the way
+    assert full["model"]["backend"] == "hf" and full["settings"]["layer"]

@@ -166,11 +166,13 @@ def drop(s: EvalSettings, ctx: RunContext) -> EvalResult:
 
 @settings_command(app, EvalSettings, name="sanity",
                   fields=[*_MODEL, "images", "dataset", "split", "limit", "text", "target", "method", "cam_score",
-                          "target_layer", "checks", "order", "pairs", *_COMMON])
+                          "target_layer", "checks", "order", "pairs", "attrib_division", "attrib_grid",
+                          "attrib_region_size", "attrib_search", *_COMMON])
 def sanity(s: EvalSettings, ctx: RunContext) -> EvalResult:
     """Model-parameter randomisation (cascading image tower from the top block down, text tower, independent) and
-    the random-prompt test for a CAM method: similarity to the trained map per step, pass/fail against the band of
-    random pairs of maps of different images."""
+    the random-prompt test for a CAM method or for SMDL attributions (--method attrib, the region order as a rank
+    map): similarity to the trained map per step, pass/fail against the band of random pairs of maps of different
+    images."""
     from xaiclip_cli.metrics.commands import run_sanity
 
     return _finish(run_sanity(s), ctx)

@@ -112,7 +112,10 @@ class EvalSettings(ModelSelection, RuntimeSettings):
     )
 
     # --- sanity ---
-    method: str = Field("gradcam", description="sanity: CAM method whose maps are checked (see `xaiclip cam methods`).")
+    method: str = Field(
+        "gradcam", description="sanity: CAM method whose maps are checked (see `xaiclip cam methods`), or attrib "
+        "(SMDL region order as a rank map, re-attributed at every step; see --attrib-*).",
+    )
     cam_score: Literal["cosine", "logit", "softmax", "sigmoid", "dot"] = Field(
         "logit", description="sanity: score the CAM explains (as `cam run --score`)."
     )
@@ -124,6 +127,17 @@ class EvalSettings(ModelSelection, RuntimeSettings):
     )
     order: Literal["top-down", "bottom-up"] = Field("top-down", description="sanity: cascading order.")
     pairs: int = Field(50, ge=1, description="sanity: random pairs of different images for the pass band.")
+    attrib_division: Literal["grid", "slico"] = Field(
+        "grid", description="sanity --method attrib: regions of the SMDL search (grid cells or SLICO superpixels)."
+    )
+    attrib_grid: int = Field(5, ge=2, description="sanity --method attrib: --attrib-division grid: N×N cells.")
+    attrib_region_size: str = Field(
+        "auto", description="sanity --method attrib: --attrib-division slico: region size in pixels (auto = "
+        "round(30·S/224), as attrib run)."
+    )
+    attrib_search: Literal["lazy", "exact", "bidirectional"] = Field(
+        "lazy", description="sanity --method attrib: SMDL search (lazy greedy is the cheapest for repeated runs)."
+    )
 
     @field_validator("splits")
     @classmethod
@@ -140,6 +154,14 @@ class EvalSettings(ModelSelection, RuntimeSettings):
 
         parse_baseline(value)  # ValueError names the choices
         return value.strip().lower()
+
+    @field_validator("attrib_region_size")
+    @classmethod
+    def _check_attrib_region_size(cls, value: str) -> str:
+        v = value.strip().lower()
+        if v != "auto" and not (v.isdigit() and int(v) >= 1):
+            raise ValueError(f"attrib_region_size must be auto or a positive integer, got {value!r}")
+        return v
 
     @field_validator("thresholds")
     @classmethod

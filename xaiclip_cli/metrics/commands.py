@@ -812,36 +812,25 @@ def _sanity_images(s: Any) -> tuple[list[np.ndarray], list[str], list[str] | Non
     return [load_image(f) for f in files], [f.stem for f in files], None
 
 
-def run_sanity(s: Any) -> dict[str, Any]:
-    """`eval sanity`: randomisation and random-prompt checks of a CAM method (metrics.md §9)."""
+def _cam_sanity_maps(s: Any, backend: Any, images: list[np.ndarray], tmap: dict[str, str], used: set[str]
+                     ) -> tuple[Any, Any, list[int], str | None]:
+    """(maps_for(text map, targets), one_map(image, prompts, target), best targets, layer) of a CAM method."""
     import torch
 
     from xaiclip_cli.explain.api import CamRunner
     from xaiclip_cli.metrics import sanity as S
 
-    images, keys, classes = _sanity_images(s)
-    if len(images) < 2:
-        raise UsageError("sanity needs at least two images (the pass band compares maps of different images)")
-    texts = list(s.text) or ([f"a photo of a {c}" for c in classes] if classes else [])
-    if len(texts) < 2:
-        raise UsageError("sanity needs at least two texts: give --text (repeatable) or a --dataset with classes")
-    out = R.prepare_dir(s.output_dir, s.overwrite)
-    backend = _load_backend(s)
-    names = [f"t{i}" for i in range(len(texts))]
-    tmap = dict(zip(names, texts, strict=True))
     # Targets fixed on the trained model (so every step explains the same text).
     probe = CamRunner(backend, tmap, s.method, "best", s.target_layer, s.cam_score)
     with torch.no_grad():
         g, _ = backend.encode_image(probe.pixels(images))
         targets = backend.score(g.float(), probe.text_global.float(), "logit").argmax(1).tolist()
-    if s.target not in ("sidecar", "best"):
-        from xaiclip_cli.explain.targets import parse_target
-
-        t = parse_target(s.target, names if not s.target.lstrip("-").isdigit() else names)
-        targets = [int(t)] * len(images)
     layer = None if s.method == "legrad" else (s.target_layer or probe.resolve_layer(probe.pixels(images[:1])).name)
 
-    used: set[str] = set()
+    def own_grid(r: Any) -> np.ndarray:
+        own = min(r.raw.shape) >= S.SSIM_WINDOW  # SSIM's 7x7 window needs a grid at least that big
+        used.add("own grid" if own else "input size (grid smaller than the SSIM window)")
+        return np.asarray(r.raw if own else r.map, dtype=np.float64)
 
     def maps_for(text_map: dict[str, str], tg: list[int]) -> list[np.ndarray]:
         res: list[np.ndarray | None] = [None] * len(images)
@@ -849,10 +838,61 @@ def run_sanity(s: Any) -> dict[str, Any]:
             idx = [i for i, k in enumerate(tg) if k == t]
             runner = CamRunner(backend, text_map, s.method, int(t), layer, s.cam_score)
             for i, r in zip(idx, runner.run([images[i] for i in idx], batch_size=8), strict=True):
-                own = min(r.raw.shape) >= S.SSIM_WINDOW  # SSIM's 7x7 window needs a grid at least that big
-                used.add("own grid" if own else "input size (grid smaller than the SSIM window)")
-                res[i] = r.raw if own else r.map
+                res[i] = own_grid(r)
         return [np.asarray(m, dtype=np.float64) for m in res]
+
+    def one_map(i: int, prompts: list[str], t: int) -> np.ndarray:
+        names = [*tmap, *(f"extra{j}" for j in range(len(prompts) - len(tmap)))]
+        runner = CamRunner(backend, dict(zip(names, prompts, strict=True)), s.method, int(t), layer, s.cam_score)
+        return own_grid(runner.run([images[i]])[0])
+
+    return maps_for, one_map, targets, layer
+
+
+def run_sanity(s: Any) -> dict[str, Any]:
+    """`eval sanity`: randomisation and random-prompt checks of a CAM method or of SMDL attrib rank maps (§9)."""
+    from xaiclip_cli.explain.cam import METHODS
+    from xaiclip_cli.metrics import sanity as S
+
+    attrib = s.method == S.ATTRIB
+    if not attrib and s.method not in METHODS:  # before any image or model is read
+        raise UsageError(f"unknown --method {s.method!r} (choose from {', '.join(METHODS)}, or {S.ATTRIB})")
+    if attrib and s.target_layer:
+        raise UsageError("--target-layer does not apply to --method attrib (SMDL ranks image regions); drop it")
+    images, keys, classes = _sanity_images(s)
+    if len(images) < 2:
+        raise UsageError("sanity needs at least two images (the pass band compares maps of different images)")
+    texts = list(s.text) or ([f"a photo of a {c}" for c in classes] if classes else [])
+    if len(texts) < 2:
+        raise UsageError("sanity needs at least two texts: give --text (repeatable) or a --dataset with classes")
+    existing = [n for n in R.RESULT_FILES if (Path(s.output_dir) / n).exists()]
+    if existing and not s.overwrite:  # refused before the model loads; the folder is created only once maps exist
+        R.prepare_dir(s.output_dir, s.overwrite)
+    backend = _load_backend(s)
+    names = [f"t{i}" for i in range(len(texts))]
+    tmap = dict(zip(names, texts, strict=True))
+    used: set[str] = set()
+    if attrib:
+        spec = S.AttribSpec(division=s.attrib_division, grid=s.attrib_grid, region_size=s.attrib_region_size,
+                            search=s.attrib_search)
+        am = S.AttribMaps(backend, images, spec)  # divides every image first: a bad grid fails before any output
+        targets = am.best_targets(texts)  # fixed on the trained model, so every step explains the same text
+        layer = None
+        used.add("input size (rank map of the SMDL regions)")
+
+        def maps_for(text_map: dict[str, str], tg: list[int]) -> list[np.ndarray]:
+            return am.maps(list(text_map.values()), tg)
+
+        def one_map(i: int, prompts: list[str], t: int) -> np.ndarray:
+            return am.maps(prompts, [t], [i])[0]
+    else:
+        maps_for, one_map, targets, layer = _cam_sanity_maps(s, backend, images, tmap, used)
+    if s.target not in ("sidecar", "best"):
+        from xaiclip_cli.explain.targets import parse_target
+
+        t = parse_target(s.target, names if not s.target.lstrip("-").isdigit() else names)
+        targets = [int(t)] * len(images)
+    out = R.prepare_dir(s.output_dir, s.overwrite)
 
     trained = maps_for(tmap, targets)
     band = S.random_pair_baseline(trained, s.pairs, s.seed)
@@ -896,13 +936,11 @@ def run_sanity(s: Any) -> dict[str, Any]:
         rng = np.random.Generator(np.random.PCG64(s.seed))
         other = [int(rng.choice([j for j in range(len(texts)) if j != t])) for t in targets]
         other_maps = maps_for(tmap, other)
-        # one runner per random prompt and image (prompts differ per target text)
+        # one map per random prompt and image (prompts differ per target text)
         rand_maps = []
         for i, t in enumerate(targets):
             rp = S.random_token_prompt(backend, texts[t], rng)
-            runner = CamRunner(backend, {**tmap, "random": rp}, s.method, len(texts), layer, s.cam_score)
-            r = runner.run([images[i]])[0]
-            rand_maps.append(np.asarray(r.raw if min(r.raw.shape) >= S.SSIM_WINDOW else r.map, np.float64))
+            rand_maps.append(one_map(i, [*texts, rp], len(texts)))
         sims = {k: np.zeros((len(images), 3)) for k in ("spearman", "ssim")}
         for i in range(len(images)):
             for j, m in enumerate((trained[i], other_maps[i], rand_maps[i])):
@@ -920,14 +958,20 @@ def run_sanity(s: Any) -> dict[str, Any]:
     table = [{"check": c, "sim": k, "final": v["verdict"][k]["final_mean"], "band": v["verdict"][k]["band"],
               "margin": v["verdict"][k]["margin"], "pass": v["verdict"][k]["pass"]}
              for c, v in checks.items() for k in ("ssim", "spearman")]
-    settings = {"protocol": "sanity", "method": s.method, "cam_score": s.cam_score, "layer": layer,
+    settings = {"protocol": "sanity", "method": s.method, "cam_score": None if attrib else s.cam_score,
+                "layer": layer,
+                "attrib": {**spec.record(am.size), "score": am.family, "logit_scale": am.logit_scale}
+                if attrib else None,
                 "order": s.order, "checks": list(s.checks), "reinit": "reset_parameters per submodule, else "
                 "N(0, 0.02), torch seed = seed + step", "similarity": {"spearman": "scipy spearmanr of |maps|",
                 "ssim": f"skimage structural_similarity, gaussian sigma {S.SSIM_SIGMA:.4f} (7x7), data_range 1, "
                 "min-max maps"}, "map_resolution": sorted(used), "pass_band": f"mean similarity of {s.pairs} seeded "
                 "random pairs of maps of different images (trained model)", "targets": "best text on the trained "
                 "model" if s.target in ("sidecar", "best") else s.target, "seed": s.seed, "bootstrap": s.bootstrap}
-    doc = R.eval_document("sanity", settings, {"images": len(images), "evaluated": len(images), "skipped": {}},
+    counts = {"images": len(images), "evaluated": len(images), "skipped": {}}
+    if attrib:
+        counts["forwards"] = am.forwards  # SMDL image forwards over every step (the cost of the attrib check)
+    doc = R.eval_document("sanity", settings, counts,
                           metrics, model={k: v for k, v in (backend.provenance() or {}).items()
                                           if k in ("backend", "model_id", "model_revision", "sha256")},
                           extra={"sanity": checks, "band": band, "tables": {"verdicts": table}, "texts": texts},

@@ -1,6 +1,7 @@
 """Sanity checks for image–text explanations (Adebayo et al. 2018; metrics.md §9): model-parameter randomisation of
 the image and text towers (cascading top-down or bottom-up, or independent), the random-prompt test, similarity
-curves and a pass band from random pairs of maps of different images (Arun et al.).
+curves and a pass band from random pairs of maps of different images (Arun et al.). The maps come from a CAM method
+(the caller) or from SMDL attributions re-run at every step and turned into rank maps (``AttribMaps``, §3).
 
 Quantus and xplique only randomise classifiers, so the tower walk and the re-initialisation are written here.
 SSIM is ``skimage.metrics.structural_similarity`` (scikit-image 0.26) on min-max maps, data range 1, Gaussian
@@ -13,9 +14,12 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from xaiclip_cli.errors import UsageError
 
 SSIM_SIGMA = 6.0 / 7.0
 SSIM_WINDOW = 7
@@ -62,12 +66,17 @@ def similarity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------- tower units
 def _units(module: Any, prefix: str) -> list[tuple[str, Any]]:
     """Children in forward order; block lists (blocks/stages/layers/layerN, encoder.layer) expanded into blocks."""
+    import torch
+
     out: list[tuple[str, Any]] = []
     for name, child in module.named_children():
         full = f"{prefix}.{name}" if prefix else name
         if not any(True for _ in child.parameters()):
             continue  # pooling, dropout, activations: nothing to re-initialise
-        if _BLOCK_LISTS.match(name) and len(list(child.children())) > 1:
+        # A ModuleList is a list of blocks even with one entry (HF encoder.layers of a 1-layer tower); a Sequential
+        # stage with one block (timm ResNet layerN) stays one unit.
+        n_kids = len(list(child.children()))
+        if _BLOCK_LISTS.match(name) and (n_kids > 1 or (n_kids == 1 and isinstance(child, torch.nn.ModuleList))):
             out.extend((f"{full}.{n}", c) for n, c in child.named_children() if any(True for _ in c.parameters()))
         elif name in ("encoder", "transformer") and len(list(child.children())) >= 1:
             out.extend(_units(child, full))
@@ -209,3 +218,128 @@ def random_token_prompt(backend: Any, prompt: str, rng: np.random.Generator) -> 
         pass
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
     return " ".join("".join(rng.choice(letters, size=len(w))) for w in prompt.split())
+
+
+# ---------------------------------------------------------------------------------------------- attrib rank maps
+ATTRIB = "attrib"  # the --method value that checks SMDL attributions instead of a CAM method
+
+
+@dataclass(frozen=True)
+class AttribSpec:
+    """The SMDL attribution re-run at every step: division (grid cells or SLICO), search, fill (cheap defaults)."""
+
+    division: str = "grid"
+    grid: int = 5
+    region_size: str = "auto"
+    search: str = "lazy"
+    fill: str = "black"
+
+    def division_kwargs(self, size: int) -> dict[str, Any]:
+        """The keywords of ``smdl.divide`` for an S-px image."""
+        from xaiclip_cli.explain.smdl import auto_region_size
+
+        if self.division == "grid":
+            return {"grid": int(self.grid)}
+        if self.division == "slico":
+            return {"region_size": auto_region_size(size) if self.region_size == "auto" else int(self.region_size)}
+        raise ValueError(f"sanity attrib division must be grid or slico, got {self.division!r}")
+
+    def config(self) -> Any:
+        """The SMDL search config (default λ; every region ranked)."""
+        from xaiclip_cli.explain.smdl import SmdlConfig
+
+        return SmdlConfig(search=self.search)
+
+    def record(self, size: int) -> dict[str, Any]:
+        """What eval.json records about the attribution."""
+        cfg = self.config()
+        return {"division": self.division, **self.division_kwargs(size), "search": self.search, "fill": self.fill,
+                "lambdas": list(cfg.lambdas), "k": "all regions",
+                "map": "rank map: region at position i of k gets k - i (metrics.md §3), at the model input size"}
+
+
+def model_bgr(image: np.ndarray, size: int) -> np.ndarray:
+    """An RGB (or grey) uint8 image as the S×S BGR uint8 array SMDL divides (bilinear resize, as `attrib run`)."""
+    import cv2
+
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        raise ValueError(f"image has dtype {a.dtype}, expected uint8")
+    if a.ndim == 2 or a.shape[2] == 1:
+        a = np.repeat(a.reshape(a.shape[0], a.shape[1], 1), 3, axis=2)
+    bgr = np.ascontiguousarray(a[:, :, 2::-1])
+    if bgr.shape[:2] != (size, size):
+        bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_LINEAR)
+    return bgr
+
+
+class AttribMaps:
+    """SMDL attributions of fixed images as rank maps, recomputed on the backend's current weights at every call.
+
+    The division and the normalised image/fill depend on the pixels only, so they are computed once (every step ranks
+    the same regions); the text prototypes and the scorer are rebuilt per call because the text tower may have been
+    re-initialised. The score family and logit scale are the backend's (as `attrib run` without --score)."""
+
+    def __init__(self, backend: Any, images: Sequence[np.ndarray], spec: AttribSpec) -> None:
+        import torch
+
+        from xaiclip_cli.explain.smdl import divide, elements, prepare
+
+        self.backend, self.spec = backend, spec
+        self.size = int(backend.image_size)
+        self.family = str(getattr(backend, "score_family", "softmax"))
+        self.labels: list[np.ndarray] = []
+        self.inputs: list[tuple[Any, Any, Any, np.ndarray]] = []
+        div = spec.division_kwargs(self.size)
+        # Checked here with the sanity flag names (divide() would name attrib run's --grid/--region-size).
+        if spec.division == "grid" and not 2 <= int(spec.grid) <= self.size:
+            raise UsageError(f"--attrib-grid must be between 2 and the model input size {self.size}, got {spec.grid}")
+        if spec.division == "slico" and not 1 <= div["region_size"] <= self.size // 2:
+            raise UsageError(f"--attrib-region-size {div['region_size']} does not fit a {self.size}px input: SMDL "
+                             f"needs at least 2 regions (use at most {self.size // 2})")
+        for im in images:
+            bgr = model_bgr(im, self.size)
+            labels = divide(bgr, spec.division, **div)
+            _ids, masks = elements(labels)
+            x, b = prepare(backend, bgr, fill=spec.fill)
+            self.labels.append(labels)
+            self.inputs.append((x, b, torch.from_numpy(masks), bgr.astype(np.int32).sum(2) != 0))
+        self.forwards = 0
+
+    @property
+    def logit_scale(self) -> float:
+        """The multiplier of the cosines in the SMDL scores."""
+        return float(self.backend.logit_scale)
+
+    def scorer(self, prompts: Sequence[str]) -> Any:
+        """A ClipScorer of the image tower against one prototype per prompt (current text tower)."""
+        from xaiclip_cli.explain.smdl import ClipScorer, text_prototypes
+
+        feats = text_prototypes(self.backend, [[p] for p in prompts])
+        bias = float(self.backend.logit_bias) if self.family == "sigmoid" else 0.0
+        return ClipScorer(self.backend, feats.to(self.backend.device), self.logit_scale, family=self.family,  # type: ignore[arg-type]
+                          logit_bias=bias)
+
+    def best_targets(self, prompts: Sequence[str]) -> list[int]:
+        """The highest-scoring prompt of each full image."""
+        import torch
+
+        sc = self.scorer(prompts)
+        x = torch.stack([inp[0] for inp in self.inputs])
+        return [int(t) for t in sc.probs(x).argmax(1).tolist()]
+
+    def maps(self, prompts: Sequence[str], targets: Sequence[int], which: Sequence[int] | None = None
+             ) -> list[np.ndarray]:
+        """Rank maps [S,S] of images ``which`` (default all) for their target prompt index."""
+        from xaiclip_cli.explain.smdl import attribute
+        from xaiclip_cli.metrics.maps import rank_map
+
+        idx = list(range(len(self.inputs))) if which is None else list(which)
+        sc = self.scorer(prompts)
+        out = []
+        for i, t in zip(idx, targets, strict=True):
+            x, b, masks, nonblack = self.inputs[i]
+            res = attribute(sc, x, b, masks, int(t), self.spec.config(), nonblack)
+            out.append(rank_map(self.labels[i], res.order))  # order holds element positions (ids ascending)
+        self.forwards += sc.forwards
+        return out
