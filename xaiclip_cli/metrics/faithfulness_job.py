@@ -399,7 +399,9 @@ def run(s: Any, progress: Callable[..., Any] | None = None, warn: Callable[[str]
         log.info("resuming: %d of %d maps already recorded in %s", len(st.items) - len(todo_all), len(st.items), out)
     todo_n = sum(len(x) for x in local_shares(len(st.items), todo_all, s.gpus, rank, "blocks", st.per))
     with progress(todo_n, "eval faithfulness", unit="maps") as advance:
-        report = run_job(spec, gpus=s.gpus, device=device, advance=advance, env=env, plan_hook=plan_hook)
+        # Nothing left for this rank (a collect-only rerun): no worker processes to start.
+        report = run_job(spec, gpus=s.gpus if todo_n else (), device=device, advance=advance, env=env,
+                         plan_hook=plan_hook)
     for o in report.outcomes:
         if o.exit_code != 0 or o.result is None:
             warn(f"worker {o.rank} (gpu {o.gpu}) failed: {o.error}; rerun to resume its maps")
