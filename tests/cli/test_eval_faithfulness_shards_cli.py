@@ -175,6 +175,19 @@ def test_unreadable_image_goes_to_failed_jsonl_exit_3_and_rerun_retries_it(tmp_p
     _run(args, code=2)  # now complete: refused without --overwrite
 
 
+def test_legacy_progress_jsonl_is_resumed(tmp_path: Path) -> None:
+    maps = _maps(tmp_path / "maps", 3)
+    out = tmp_path / "o"
+    args = [*BASE, "--maps", str(maps), "--steps", "4", "--output-dir", str(out)]
+    _run([*args, "--limit", "2"])
+    (out / "progress.0.jsonl").rename(out / "progress.jsonl")  # the one-process log of earlier versions
+    (out / "eval.json").unlink()
+    doc = _run(args)
+    assert doc["evaluated"] == 3
+    assert json.loads((out / "eval.json").read_text())["counts"]["forwards"] == 1 * (2 * 5 + 1)
+    assert len((out / "progress.0.jsonl").read_text().splitlines()) == 2  # header + the one new record
+
+
 def _csv(out: Path) -> list[dict[str, str]]:
     import csv
 
