@@ -357,7 +357,7 @@ def run(s: Any, progress: Callable[..., Any] | None = None, warn: Callable[[str]
 
     warn = warn or (lambda m: log.warning(m))
     progress = progress or _no_progress
-    st = build_state(s, warn)
+    st = build_state(s)  # each failed map is logged where it fails (worker or parent); one summary warning below
     out = st.out
     _check_output(out, bool(s.overwrite))
     if not s.overwrite and out.is_dir():
@@ -405,6 +405,11 @@ def run(s: Any, progress: Callable[..., Any] | None = None, warn: Callable[[str]
     for o in report.outcomes:
         if o.exit_code != 0 or o.result is None:
             warn(f"worker {o.rank} (gpu {o.gpu}) failed: {o.error}; rerun to resume its maps")
+    if report.failures:
+        f = report.failures[0]
+        more = f" and {report.failed - 1} more" if report.failed > 1 else ""
+        warn(f"{report.failed} map(s) failed, listed in {out / 'failed.jsonl'} ({f.get('image')}: {f['error']}"
+             f"{more}); rerun the same command to retry them")
     records, model = read_logs(out, st.guard)
     failed_keys = {st.items[f["index"]].key for f in report.failures}
     missing = [it.key for it in st.items if it.key not in records and it.key not in failed_keys]
