@@ -186,6 +186,16 @@ def test_legacy_progress_jsonl_is_resumed(tmp_path: Path) -> None:
     assert doc["evaluated"] == 3
     assert json.loads((out / "eval.json").read_text())["counts"]["forwards"] == 1 * (2 * 5 + 1)
     assert len((out / "progress.0.jsonl").read_text().splitlines()) == 2  # header + the one new record
+    (out / "progress.7.jsonl").write_text((out / "progress.0.jsonl").read_text())  # as if from a bigger run
+    before = sorted(p.name for p in out.iterdir())
+    _run([*args, "--overwrite", "--maps", str(tmp_path / "nope")], code=2)  # a bad input deletes nothing
+    assert sorted(p.name for p in out.iterdir()) == before
+    doc = _run([*args, "--overwrite", "--steps", "6"])  # starts over: every old log and result replaced
+    assert doc["evaluated"] == 3
+    assert sorted(p.name for p in out.glob("progress*.jsonl")) == ["progress.0.jsonl"]
+    lines = (out / "progress.0.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[0])["settings"]["steps"] == 6
+    assert json.loads((out / "eval.json").read_text())["counts"]["forwards"] == 3 * (2 * 7 + 1)
 
 
 def _csv(out: Path) -> list[dict[str, str]]:
