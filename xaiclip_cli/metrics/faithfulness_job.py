@@ -387,7 +387,6 @@ def run(s: Any, progress: Callable[..., Any] | None = None, warn: Callable[[str]
             _start_over(out, rk, workers, n_local)
         live["on"] = True  # the crashed-worker check runs after every worker has exited
 
-
     spec = JobSpec("eval faithfulness", len(st.items), is_done, local,
                    worker_target="xaiclip_cli.metrics.faithfulness_job:faithfulness_share",
                    payload={"settings": _settings_payload(s) if n_local > 1 else {}, "rank": rank.rank,
