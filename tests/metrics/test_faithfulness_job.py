@@ -75,3 +75,20 @@ def test_finished_result_refused_partial_result_resumed(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--overwrite"):
         FJ._check_output(tmp_path, overwrite=False)
     FJ._check_output(tmp_path, overwrite=True)
+
+
+def test_a_group_cut_by_a_kill_is_dropped_whole(tmp_path: Path) -> None:
+    def tagged(key: str, wid: str, of: int) -> str:
+        rec = json.loads(_rec(key, 0.5))
+        return json.dumps({**rec, "wid": wid, "of": of}) + "\n"
+
+    whole = tagged("a", "w1", 2) + tagged("b", "w1", 2)
+    cut = tagged("c", "w2", 3) + tagged("d", "w2", 3) + tagged("e", "w2", 3)[:30]
+    redone = tagged("c", "w3", 3) + tagged("d", "w3", 3)  # not yet complete either
+    head = json.dumps({"settings": GUARD}) + "\n"
+    (tmp_path / "progress.0.jsonl").write_text(head + whole + cut + "\n" + _rec("old", 0.1) + redone)
+    records, _ = FJ.read_logs(tmp_path, GUARD)
+    assert sorted(records) == ["a", "b", "old"]  # c, d, e are redone together, in the same batches
+    with open(tmp_path / "progress.0.jsonl", "a") as fh:
+        fh.write(tagged("e", "w3", 3))
+    assert sorted(FJ.read_logs(tmp_path, GUARD)[0]) == ["a", "b", "c", "d", "e", "old"]

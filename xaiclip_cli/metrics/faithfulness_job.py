@@ -3,15 +3,17 @@
 Planning, sharding (``blocks`` of the planned maps, aligned to fixed groups), worker dispatch (``--gpus`` = one
 spawned process per GPU, ``--gpus 0,1 --device cpu`` = CPU worker processes, torchrun/SLURM ranks) and failure
 collection go through ``parallel/runner.py``. Worker ``w`` appends to its own ``progress.<w>.jsonl`` (header
-``{"settings": guard, "model": ...}``, then one record ``{"row", "x", "y_deletion", "y_insertion"}`` per map; a
-legacy ``progress.jsonl`` is read too), so no two processes write one file. After the shards, one collector reads
+``{"settings": guard, "model": ...}``, then one record ``{"row", "x", "y_deletion", "y_insertion"}`` per map, plus
+``wid``/``of``: the group written together and its size; a legacy ``progress.jsonl`` is read too), so no two
+processes write one file. After the shards, one collector reads
 every log and writes ``eval.json``, ``per_image.csv``, ``curves.npz`` and ``curves.png`` in map order: the parent
 (one rank), or under several ranks the first rank that finds every map recorded and wins the ``O_EXCL`` lock
 ``.collect.lock``.
 
 Maps are perturbed and scored in fixed groups of ``per`` planned maps (``i // per``) whatever the sharding, so the
 forward batches, and hence every per-image value bit for bit, are those of a one-process run (CPU and GPU
-kernels give last-bit differences between batch compositions).
+kernels give last-bit differences between batch compositions); a group whose records a kill cut short is redone
+whole on resume, so a resumed run is exact too.
 """
 
 from __future__ import annotations
@@ -102,6 +104,36 @@ def check_logs(out: Path, guard: dict[str, Any]) -> None:
             raise UsageError(f"{p} was written with different settings ({diff}); pass --overwrite to start over")
 
 
+def _log_records(lines: list[str]) -> Iterator[dict[str, Any]]:
+    """The complete records of a log's lines: a group written together (same ``wid``) counts only when all its
+    ``of`` records are there, so a group cut by a kill is redone whole (with the same batches); records without
+    ``wid`` (earlier versions) count one by one; unreadable lines (cut by a kill) are skipped."""
+    block: list[dict[str, Any]] = []
+    wid: str | None = None
+    of = 0
+    for ln in [*lines, None]:
+        rec: dict[str, Any] | None = None
+        if ln is not None:
+            try:
+                rec = json.loads(ln)
+            except ValueError:
+                continue
+            if not isinstance(rec, dict) or not isinstance(rec.get("row"), dict) or "image" not in rec["row"]:
+                continue
+        key = rec.get("wid") if rec is not None else None
+        if block and (rec is None or key != wid):
+            if len(block) == of:
+                yield from block
+            block = []
+        if rec is None:
+            break
+        if key is None:
+            yield rec
+            continue
+        wid, of = key, int(rec.get("of", 0))
+        block.append(rec)
+
+
 def read_logs(out: Path, guard: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """(records by map key, model provenance) from every log written with ``guard`` (others are ignored)."""
     records: dict[str, dict[str, Any]] = {}
@@ -115,12 +147,8 @@ def read_logs(out: Path, guard: dict[str, Any]) -> tuple[dict[str, dict[str, Any
         if not isinstance(head, dict) or head.get("settings") != guard:
             continue
         model = model or dict(head.get("model") or {})
-        for ln in lines[1:]:
-            try:
-                rec = json.loads(ln)
-                records[rec["row"]["image"]] = rec
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut by a kill: that map is redone
+        for rec in _log_records(lines[1:]):
+            records[rec["row"]["image"]] = rec
     return records, model
 
 
@@ -290,8 +318,9 @@ def execute(st: FaithState, indices: list[int], device: str, advance: Callable[[
         for _g, grp in itertools.groupby(sorted(indices), key=lambda i: i // st.per):
             idx = list(grp)
             recs, fails = run_group(st, idx)
-            if recs:
-                _write_all(fd, "".join(json.dumps(r, default=float) + "\n" for r in recs).encode("utf-8"))
+            if recs:  # one write per group, tagged so that a group cut by a kill is redone whole
+                tag = {"wid": os.urandom(6).hex(), "of": len(recs)}
+                _write_all(fd, "".join(json.dumps({**r, **tag}, default=float) + "\n" for r in recs).encode())
             done += len(recs)
             failures += fails
             advance(len(idx))
