@@ -119,13 +119,14 @@ def _kill_after(args: list[str], out: Path, records: int, timeout: float = 240.0
 
 @pytest.mark.slow
 def test_sigkill_of_two_workers_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
-    n = 12
+    n = 16
     maps = _maps(tmp_path / "maps", n)
-    args = [*BASE, "--maps", str(maps), "--steps", "50", "--batch-size", "4"]  # one map per group: slow enough
+    # groups of 256 // 102 = 2 maps (shards [0, 8) and [8, 16)); batches of 64 span the two maps of a group
+    args = [*BASE, "--maps", str(maps), "--steps", "50", "--batch-size", "64"]
     ref = tmp_path / "ref"
     _run([*args, "--output-dir", str(ref)])
     out = tmp_path / "killed"
-    for k in (2, 5):  # killed at two moments
+    for k in (2, 6):  # killed at two moments
         _kill_after([*args, *TWO, "--output-dir", str(out)], out, k)
     got = _records(out)
     assert 2 <= got < n and not (out / "eval.json").exists(), got
