@@ -63,3 +63,22 @@ def test_env_rank_takes_its_block(tmp_path) -> None:
     spec = JobSpec("t", 7, lambda i: False, local, sharding="blocks")
     rep = run_job(spec, env={"RANK": "1", "WORLD_SIZE": "3"})
     assert seen == [[3, 4, 5]] and rep.workers == 3 and rep.todo == [3, 4, 5]
+
+
+def test_aligned_blocks_keep_groups_on_one_worker() -> None:
+    # N=6, W=2, groups of 4: ceil(6/2)=3 rounded up to 4 -> [0,4) [4,6)
+    assert [block_range(6, w, 2, align=4) for w in range(2)] == [(0, 4), (4, 6)]
+    # N=7, W=3, groups of 2: ceil(7/3)=3 -> 4 -> [0,4) [4,7) [7,7)
+    assert [block_range(7, w, 3, align=2) for w in range(3)] == [(0, 4), (4, 7), (7, 7)]
+    assert [block_range(10, w, 3, align=1) for w in range(3)] == [block_range(10, w, 3) for w in range(3)]
+    seen = []
+
+    def local(indices, device, advance):
+        seen.append(list(indices))
+        return {"done": len(indices)}
+
+    spec = JobSpec("t", 7, lambda i: i == 5, local, sharding="blocks", align=2)
+    rep = run_job(spec, env={"RANK": "1", "WORLD_SIZE": "3"})
+    assert seen == [[4, 6]] and rep.todo == [4, 6]  # block [4,7) minus the done entry 5
+    with pytest.raises(ValueError):
+        block_range(4, 0, 2, align=0)

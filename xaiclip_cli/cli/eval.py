@@ -138,11 +138,17 @@ _MODEL_FIELDS = [*_MODEL, *_MAPS, *_TARGET, *_COMMON]
                   fields=[*_MODEL_FIELDS, "convention", "baseline", "unit", "steps", "max_fraction", "rise_step"])
 def faithfulness(s: EvalSettings, ctx: RunContext) -> EvalResult:
     """Insertion and deletion AUC re-evaluated on perturbed images for any map (protocol (b)): conventions
-    xaiclip|xplique|torchcam|rise, baselines black|black-min|white-max|mean|blur|noise|value:v; batched, resumable
-    (per-image log)."""
-    from xaiclip_cli.metrics.commands import run_faithfulness
+    xaiclip|xplique|torchcam|rise, baselines black|black-min|white-max|mean|blur|noise|value:v; batched and
+    resumable (one progress.<worker>.jsonl log per worker). --gpus 0,1 runs one worker process per GPU (with --device cpu: CPU
+    worker processes); under torchrun/SLURM each rank takes its block and the last one to finish writes eval.json.
+    Maps whose image cannot be read go to failed.jsonl (exit 3); a rerun retries them."""
+    from xaiclip_cli.metrics.faithfulness_job import run
 
-    return _finish(run_faithfulness(s), ctx)
+    res = run(s, ctx.progress, ctx.warn)
+    out = _finish(res["doc"], ctx)
+    if res["exit_code"]:
+        ctx.exit_code = res["exit_code"]
+    return out
 
 
 @settings_command(app, EvalSettings, name="mufidelity",

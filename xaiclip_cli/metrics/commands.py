@@ -452,7 +452,9 @@ def run_localization(s: Any) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------- model-based: faithfulness, mufidelity, drop
-def _load_backend(s: Any) -> Any:
+def _load_backend(s: Any, device: str | None = None) -> Any:
+    """The settings' backend on ``device`` (default: --device, or the first of --gpus for the one-process
+    commands; `eval faithfulness` workers pass the device the job runner gives them)."""
     import torch
 
     from xaiclip_cli.models.registry import load_backend
@@ -460,9 +462,10 @@ def _load_backend(s: Any) -> Any:
     torch.manual_seed(s.seed)
     if s.threads:
         torch.set_num_threads(s.threads)
-    device = s.device
-    if s.gpus:
-        device = f"cuda:{s.gpus[0]}"  # one process (metrics.md: multi-GPU sharding not implemented for eval)
+    if device is None:
+        device = s.device
+        if s.gpus and s.device != "cpu":
+            device = f"cuda:{s.gpus[0]}"  # mufidelity/drop/sanity run in one process
     backend = load_backend(s.backend, s.model, revision=s.revision, device="auto" if device == "auto" else device,
                            trust_remote_code=bool(getattr(s, "trust_remote_code", False)))
     return backend
@@ -605,84 +608,12 @@ def _check_relative_drop(s: Any) -> None:
                          f"--ad-variant absolute (got --score {s.score})")
 
 
-def run_faithfulness(s: Any) -> dict[str, Any]:
-    """`eval faithfulness`: insertion and deletion re-evaluated on perturbed images (protocol (b), §2)."""
-    import torch
+def run_faithfulness(s: Any, progress: Any = None, warn: Any = None) -> dict[str, Any]:
+    """`eval faithfulness`: insertion and deletion re-evaluated on perturbed images (protocol (b), §2); sharded and
+    resumable (`xaiclip_cli.metrics.faithfulness_job`). Returns the eval.json document."""
+    from xaiclip_cli.metrics.faithfulness_job import run
 
-    from xaiclip_cli.metrics import insertion_deletion as ID
-
-    kind, value = ID.parse_baseline(s.baseline)
-    facts = ID.CONVENTION_FACTS[s.convention]
-    settings = {"protocol": "b (re-evaluated pixel ranking)", "convention": s.convention, **facts,
-                "baseline": ID.baseline_record(kind, value),
-                "unit": s.unit, "steps": s.steps, "max_fraction": s.max_fraction, "rise_step": s.rise_step,
-                **_model_common(s), "aggregation": "mean of per-image AUC", "seed": s.seed,
-                "bootstrap": s.bootstrap, "bootstrap_seed": s.seed}
-    run = _ModelRun(s, "faithfulness", settings)
-    import time
-
-    t_loop = time.perf_counter()
-    # Images per group: their 2·(s+1) perturbed inputs fill about four forward batches (few partial batches).
-    per = max(1, (4 * s.batch_size) // (2 * (s.steps + 1)))
-    for group in run.batches(per):
-        for sub, sc, x, tg in _scorer_groups(run, group):
-            base = ID.make_baseline(kind, x, mean=sc.mean, std=sc.std, value=value, seed=s.seed)
-            keep, ranks, cnts, ns = [], [], [], []
-            for j, (it, row, *_rest) in enumerate(sub):
-                try:
-                    r = ID.pixel_ranks(it.phi, sc.size, s.unit, s.convention)
-                except ID.InvalidMap as exc:
-                    run.record({**row, "status": "skipped", "reason": exc.reason})
-                    continue
-                n = ID.n_features(it.phi.shape, sc.size, s.unit)
-                keep.append(j)
-                ranks.append(torch.as_tensor(r))
-                cnts.append(ID.counts(n, s.steps, s.convention, s.max_fraction, s.rise_step))
-                ns.append(n)
-            if not keep:
-                continue
-            xs, bs = x[keep], base[keep]
-            rk = torch.stack(ranks).to(xs.device)
-            tt = [tg[j] for j in keep]
-            ys = ID.perturbation_curves(sc, xs, bs, rk, cnts, ("deletion", "insertion"), tt, s.batch_size)
-            y_del, y_ins = ys["deletion"], ys["insertion"]
-            for k, j in enumerate(keep):
-                it, row, names = sub[j][0], sub[j][1], sub[j][2]
-                xa = ID.x_axis(cnts[k], ns[k])
-                row = {**row, "target": names[tt[k]], "target_index": tt[k],
-                       "deletion_auc": ID.auc(cnts[k], ns[k], y_del[k], s.convention),
-                       "insertion_auc": ID.auc(cnts[k], ns[k], y_ins[k], s.convention),
-                       "score_full": float(y_del[k][0]), "score_baseline": float(y_ins[k][0]), "n_features": ns[k]}
-                run.record(row, x=xa, y_deletion=y_del[k], y_insertion=y_ins[k])
-    loop_s = time.perf_counter() - t_loop
-    rows = run.rows()
-    ok = [r for r in rows if r["status"] == "ok"]
-    metrics = R.summarise(ok, ["insertion_auc", "deletion_auc", "score_full", "score_baseline"], s.bootstrap, s.seed)
-    recs = [run.done[r["image"]] for r in ok]
-    lengths = {len(rec["x"]) for rec in recs}
-    files: dict[str, Any] = {"per_image": "per_image.csv", "curves": None, "plot": None}
-    if recs and len(lengths) == 1:
-        arrays = {"image": np.asarray([r["image"] for r in ok], dtype=str)}
-        for mode in ("insertion", "deletion"):
-            arrays[f"x_{mode}"] = np.asarray([rec["x"] for rec in recs], dtype=np.float64)
-            arrays[f"y_{mode}"] = np.asarray([rec[f"y_{mode}"] for rec in recs], dtype=np.float64)
-        R.write_curves(run.out, arrays)
-        R.plot_mean_curves(run.out, {m: (arrays[f"x_{m}"], arrays[f"y_{m}"]) for m in ("insertion", "deletion")},
-                           title=f"{s.convention} insertion/deletion, baseline {s.baseline}, {s.steps} steps, "
-                           f"{len(ok)} images", ylabel=f"{s.score} of the target", seed=s.seed)
-        files.update(curves="curves.npz", plot="curves.png")
-    R.write_per_image(run.out, rows)
-    counts = {"images": len(rows), "evaluated": len(ok), "skipped": R.skipped_counts(rows),
-              "forwards": sum(sc.forwards for sc in run.scorers.values())}
-    per_class = R.summarise(ok, ["insertion_auc", "deletion_auc"], s.bootstrap, s.seed, group_key="target")
-    timing = {"loop_s": loop_s, "model_s": sum(sc.model_seconds for sc in run.scorers.values())}
-    doc = R.eval_document("faithfulness", settings, counts, metrics, model=run.model, per_class=per_class,
-                          extra={"timing": timing, "notes": [] if len(lengths) <= 1 else
-                                 ["maps with different grids give curves of different lengths: curves.npz not "
-                                  "written (per-image values in per_image.csv)"]},
-                          files=_files(run.out, **files))
-    R.write_eval_json(run.out, doc)
-    return doc
+    return run(s, progress, warn)["doc"]
 
 
 def run_mufidelity(s: Any) -> dict[str, Any]:

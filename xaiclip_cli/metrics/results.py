@@ -31,9 +31,11 @@ curve since k varies). sanity: ``sim_<check>_<spearman|ssim>`` [n, steps+1] and 
 "trained"). ``curves.png`` (faithfulness, smdl) draws the mean curves with bootstrap bands; sanity writes
 ``sanity.png``.
 
-Other files: ``progress.jsonl`` (model-based commands: header {"settings"} then one record per image; the resume
-log), ``concept_scores.npz``/``.csv`` (zeroshot with concept templates: scores [N,K], ids, labels, split,
-concepts), ``compare.json`` (`eval compare`: the paired comparison, same top-level keys as eval.json).
+Other files: ``progress.jsonl`` (mufidelity, drop: header {"settings"} then one record per image; the resume log;
+faithfulness: one ``progress.<worker>.jsonl`` per worker, header {"settings", "model"}, plus ``failed.jsonl`` and,
+across ranks, the collector lock ``.collect.lock``), ``concept_scores.npz``/``.csv`` (zeroshot with concept
+templates: scores [N,K], ids, labels, split, concepts), ``compare.json`` (`eval compare`: the paired comparison,
+same top-level keys as eval.json).
 """
 
 from __future__ import annotations

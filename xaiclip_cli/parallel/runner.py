@@ -7,7 +7,9 @@ returns its statistics. The runner
 1. plans: ``todo`` = items whose done check fails (all with ``overwrite``);
 2. shards: between torchrun/SLURM ranks (``parallel/ranks.py``) and between ``--gpus`` workers of each rank;
    worker ``w = rank·G + g`` of ``W = world·G``, either ``blocks`` (entries ``[w·⌈N/W⌉, min(N, (w+1)·⌈N/W⌉))`` of
-   the *planned* list, so that a worker's share never moves on resume) or ``strided`` (``todo[w::W]``);
+   the *planned* list, so that a worker's share never moves on resume; with ``align`` = a > 1 the block length is
+   ⌈N/W⌉ rounded up to a multiple of a, so that fixed groups of a items never straddle two workers) or ``strided``
+   (``todo[w::W]``);
 3. runs: in-process (``local``, a closure that may reuse already-loaded state) or one spawned process per GPU
    (``parallel/spawn.py``; the worker rebuilds its state from the JSON payload);
 4. collects: per-item failures (``stats["failures"]``: list of ``{"index": i, "error": "..."}``), items of crashed
@@ -37,19 +39,25 @@ Execute = Callable[[list[int], str, Callable[[int], None]], dict[str, Any]]
 Sharding = Literal["blocks", "strided"]
 
 
-def block_range(n: int, worker: int, workers: int) -> tuple[int, int]:
-    """Entries ``[w·⌈N/W⌉, min(N, (w+1)·⌈N/W⌉))`` of worker ``w`` of ``W`` (smdl.md §9); empty ranges allowed."""
+def block_range(n: int, worker: int, workers: int, align: int = 1) -> tuple[int, int]:
+    """Entries ``[w·⌈N/W⌉, min(N, (w+1)·⌈N/W⌉))`` of worker ``w`` of ``W`` (smdl.md §9); empty ranges allowed.
+
+    ``align`` > 1 rounds the block length ⌈N/W⌉ up to a multiple of ``align`` (blocks start on group boundaries).
+    """
     if workers < 1 or not 0 <= worker < workers:
         raise ValueError(f"worker {worker} outside {workers} workers")
-    step = math.ceil(n / workers) if n else 0
+    if align < 1:
+        raise ValueError("align must be >= 1")
+    step = math.ceil(math.ceil(n / workers) / align) * align if n else 0
     return min(n, worker * step), min(n, (worker + 1) * step)
 
 
-def worker_indices(planned: int, todo: Sequence[int], worker: int, workers: int, sharding: Sharding) -> list[int]:
+def worker_indices(planned: int, todo: Sequence[int], worker: int, workers: int, sharding: Sharding,
+                   align: int = 1) -> list[int]:
     """The todo indices worker ``worker`` of ``workers`` takes (see the module docstring for the two rules)."""
     if sharding == "strided":
         return list(todo[worker::workers])
-    a, b = block_range(planned, worker, workers)
+    a, b = block_range(planned, worker, workers, align)
     return [i for i in todo if a <= i < b]
 
 
@@ -64,6 +72,7 @@ class JobSpec:
     worker_target: str | None = None  # "module:function" with the signature of ``execute`` (spawned workers)
     payload: dict[str, Any] = field(default_factory=dict)  # JSON-able; the worker rebuilds its state from it
     sharding: Sharding = "strided"
+    align: int = 1  # blocks sharding: block lengths are multiples of this (fixed groups stay on one worker)
     overwrite: bool = False
     output_dir: Path | None = None
     shard_reports: bool = False  # write OUT/shards/worker-w-of-W.json
@@ -121,12 +130,13 @@ def merge_stats(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def local_shares(planned: int, todo: Sequence[int], gpus: Sequence[int], rank: RankInfo, sharding: Sharding
-                 ) -> list[list[int]]:
+def local_shares(planned: int, todo: Sequence[int], gpus: Sequence[int], rank: RankInfo, sharding: Sharding,
+                 align: int = 1) -> list[list[int]]:
     """The todo indices of each local worker of this rank (one list without ``--gpus`` or with one GPU)."""
     n_local = len(gpus) if len(gpus) > 1 else 1
     workers = rank.world * n_local
-    return [worker_indices(planned, todo, rank.rank * n_local + g, workers, sharding) for g in range(n_local)]
+    return [worker_indices(planned, todo, rank.rank * n_local + g, workers, sharding, align)
+            for g in range(n_local)]
 
 
 def check_gpus(gpus: Sequence[int], device: str, flag: str = "--gpus") -> None:
@@ -162,7 +172,7 @@ def run_job(spec: JobSpec, *, gpus: Sequence[int] = (), device: str = "cpu",
     skipped = spec.planned - len(todo_all)
     n_local = len(gpus) if len(gpus) > 1 else 1
     workers = rank.world * n_local
-    shares = local_shares(spec.planned, todo_all, gpus, rank, spec.sharding)
+    shares = local_shares(spec.planned, todo_all, gpus, rank, spec.sharding, spec.align)
     todo = sorted(i for s in shares for i in s)
     if plan_hook is not None:
         plan_hook(todo, rank)
@@ -213,7 +223,7 @@ def _write_reports(spec: JobSpec, report: JobReport, shares: list[list[int]], pa
     for g, share in enumerate(shares):
         w = rank.rank * n_local + g
         part = parts[g] if g < len(parts) else {}
-        a, b = block_range(spec.planned, w, report.workers) if spec.sharding == "blocks" else (None, None)
+        a, b = block_range(spec.planned, w, report.workers, spec.align) if spec.sharding == "blocks" else (None, None)
         doc = {"worker": w, "workers": report.workers, "entries": [a, b], "todo": len(share),
                "done": int(part.get("done", 0)), "failed": len(part.get("failures", []) or []),
                "seconds": part.get("seconds"), "pid": os.getpid(), "launcher": rank.launcher}
