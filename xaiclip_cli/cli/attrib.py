@@ -19,9 +19,9 @@ _MODEL = ["backend", "model", "revision", "trust_remote_code", "classifier", "de
 _CLASSES = ["text", "classes", "templates", "text_features", "h5", "template", "target", "logit_scale", "score"]
 _INPUTS = ["images", "intensity", "recursive", "list_file", "image_root", "begin", "end", "dataset", "split", "limit"]
 _RUN = [*_MODEL, *_CLASSES, *_INPUTS, "division", "region_size", "grid", "prior", "prior_grid", "cells_per_region",
-        "sam_masks", "search", "lazy", "pending", "lazy_batch", "lazy_refresh", "lazy_stale", "k", "lambdas", "fill",
-        "max_batch", "bgr_compat", "amp", "record_candidates", "record_counterfactual", "output_dir", "export_smdl",
-        "overwrite"]
+        "sam_masks", "search", "lazy", "pending", "lazy_batch", "lazy_refresh", "lazy_stale", "lazy_budget", "k",
+        "lambdas", "fill", "max_batch", "bgr_compat", "amp", "record_candidates", "record_counterfactual", "output_dir",
+        "export_smdl", "overwrite"]
 
 
 class AttribRunResult(BaseModel):

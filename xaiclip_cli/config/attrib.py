@@ -100,6 +100,8 @@ class AttribSettings(ModelSelection, ImageFileSettings, RuntimeSettings):
     lazy_refresh: int = Field(10, ge=1, description="lazy: full refresh every this many steps.")
     lazy_stale: float = Field(0.03, ge=0.0, description="lazy: also refresh all after a step whose top stale bound "
                               "exceeded the picked fresh gain by more than this (objective units).")
+    lazy_budget: float = Field(1 / 3, ge=0.0, le=1.0, description="lazy: share of exact's forwards the stale "
+                               "refreshes and extra batches may bring the image to (0 = no cap).")
     k: int | None = Field(None, ge=1, description="Stop after k regions (default: rank all).")
     lambdas: list[float] = Field(
         default_factory=lambda: [0.0, 0.05, 1.0, 1.0],

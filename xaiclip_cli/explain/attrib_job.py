@@ -458,7 +458,7 @@ def smdl_config(s: AttribSettings) -> Any:
 
     return SmdlConfig(lambdas=tuple(s.lambdas), search=s.search, lazy=s.lazy, k=s.k, pending=s.pending,
                       lazy_batch=s.lazy_batch, lazy_refresh=s.lazy_refresh, lazy_stale=s.lazy_stale,
-                      max_batch=s.max_batch,
+                      lazy_budget=s.lazy_budget, max_batch=s.max_batch,
                       record_candidates=s.record_candidates, record_counterfactual=s.record_counterfactual)
 
 
@@ -559,6 +559,9 @@ def attribute_entry(st: JobState, i: int) -> dict[str, Any]:
             "k": int(len(res.order)), "forwards": int(res.forwards), "seconds": round(time.perf_counter() - t0, 4),
             "model_seconds": round(float(res.model_seconds), 4), "search": s.search,
             "front_len": res.front_len, "files": {"npz": paths["npz"].name}}
+    lazy = {k.removeprefix("lazy_"): v for k, v in res.extra.items() if k.startswith("lazy_")}
+    if lazy:  # lazy search: its settings, refreshes, stale triggers and forward budget
+        side["lazy"] = lazy
     if s.export_smdl is not None:
         export_reference(s.export_smdl, s.division, tuple(s.lambdas), s.pending if s.search == "bidirectional"
                          else None, st.folder(i), st.export_stem(i), image, labels, res)

@@ -213,6 +213,50 @@ def test_bidirectional_and_lazy_rank_everything() -> None:
     assert bi.front_len is not None and "consistency_decrease" in bi.extra
 
 
+def test_lazy_first_step_reuses_the_element_forwards_and_matches_exact() -> None:
+    # k = 1: lazy's first step evaluates every candidate, like exact, but its insertion images (each element alone on
+    # the fill) are the element-feature forwards, so only the n complements are forwarded.
+    sc, x, b, masks = _setup()
+    nb = np.ones((12, 12), bool)
+    n = 9
+    ex = attribute(sc, x, b, masks, 1, SmdlConfig(k=1), nb)
+    lz = attribute(sc, x, b, masks, 1, SmdlConfig(search="lazy", k=1), nb)
+    assert ex.forwards == n + 1 + 1 + 2 * n and lz.forwards == n + 1 + 1 + n
+    assert lz.order.tolist() == ex.order.tolist()
+    for t in ("confidence", "effectiveness", "consistency", "collaboration", "objective"):
+        assert getattr(lz, t)[0] == pytest.approx(float(getattr(ex, t)[0]), abs=1e-6)
+
+
+def test_lazy_refresh_every_step_is_exact_greedy_and_stale_trigger_counts() -> None:
+    sc, x, b, masks = _setup(4)
+    nb = np.ones((12, 12), bool)
+    ex = attribute(sc, x, b, masks, 2, SmdlConfig(), nb)
+    every = attribute(sc, x, b, masks, 2, SmdlConfig(search="lazy", lazy_refresh=1), nb)
+    assert every.order.tolist() == ex.order.tolist()  # all candidates fresh at every step = plain greedy
+    np.testing.assert_allclose(every.objective, ex.objective, atol=1e-6)
+    # lazy_stale 0: any overestimate of the best gain by the stale bounds refreshes the next step; a huge value never.
+    eager = attribute(sc, x, b, masks, 2, SmdlConfig(search="lazy", lazy_stale=0.0, lazy_budget=0), nb)
+    never = attribute(sc, x, b, masks, 2, SmdlConfig(search="lazy", lazy_stale=1e9, lazy_budget=0), nb)
+    assert never.extra["lazy_stale_triggers"] == 0
+    assert eager.extra["lazy_stale_triggers"] > 0
+    assert eager.extra["lazy_refreshes"] > never.extra["lazy_refreshes"]  # a trigger may fall on a periodic step
+    assert eager.forwards > never.forwards
+    assert never.extra["lazy_stale"] == 1e9 and never.extra["lazy_batch"] == 4
+
+
+def test_lazy_budget_caps_the_optional_work() -> None:
+    # 49 regions: exact counts 2,500 forwards. With every stale step triggering a refresh (lazy_stale 0) and no cap,
+    # lazy spends more than a third of that; the default cap (1/3 → 833) skips refreshes and extra batches instead.
+    sc, x, b, masks = _setup(7)
+    nb = np.ones((12, 12), bool)
+    free = attribute(sc, x, b, masks, 0, SmdlConfig(search="lazy", lazy_stale=0.0, lazy_budget=0), nb)
+    capped = attribute(sc, x, b, masks, 0, SmdlConfig(search="lazy", lazy_stale=0.0), nb)
+    assert free.forwards > 833 >= capped.forwards
+    assert capped.extra["lazy_budget"] == 833 and capped.extra["lazy_skipped_for_budget"] > 0
+    assert free.extra["lazy_budget"] is None and free.extra["lazy_skipped_for_budget"] == 0
+    assert sorted(capped.order.tolist()) == list(range(49))
+
+
 def test_counterfactual_records_p_pred() -> None:
     sc, x, b, masks = _setup()
     nb = np.ones((12, 12), bool)
@@ -238,6 +282,8 @@ def test_warnings_for_flat_or_saturated_scores() -> None:
         (SmdlConfig(k=0), "--k"),
         (SmdlConfig(lazy=True), "bidirectional"),
         (SmdlConfig(max_batch=-1), "max-batch"),
+        (SmdlConfig(search="lazy", lazy_stale=-0.1), "lazy-stale"),
+        (SmdlConfig(search="lazy", lazy_budget=1.5), "lazy-budget"),
         (SmdlConfig(lambdas=(0, 1, float("nan"), 1)), "finite"),
     ],
 )

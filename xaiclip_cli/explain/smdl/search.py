@@ -53,6 +53,7 @@ class SmdlConfig:
     lazy_batch: int = 4  # 4, not 8: measured ≤ 1/3 of exact forwards at n=49 (benchmarks/attrib_speed.py)
     lazy_refresh: int = 10
     lazy_stale: float = 0.03  # objective units (F ∈ [0, 2] at the default λ); chosen in benchmarks/attrib_speed.py
+    lazy_budget: float = 1 / 3  # share of exact's forwards the optional lazy work may use (0 = no cap)
     max_batch: int = 0
     record_candidates: bool = False
     record_counterfactual: bool = False
@@ -75,6 +76,9 @@ class SmdlConfig:
             raise UsageError("--lazy-batch and --lazy-refresh must be >= 1")
         if not (math.isfinite(float(self.lazy_stale)) and float(self.lazy_stale) >= 0):
             raise UsageError(f"--lazy-stale must be a finite number >= 0, got {self.lazy_stale}")
+        if not (math.isfinite(float(self.lazy_budget)) and 0 <= float(self.lazy_budget) <= 1):
+            raise UsageError(f"--lazy-budget must be between 0 and 1 (a share of exact's forwards), got "
+                             f"{self.lazy_budget}")
         if int(self.max_batch) < 0:
             raise UsageError(f"--max-batch must be >= 0 (0 = full batches), got {self.max_batch}")
 
@@ -168,7 +172,12 @@ class _Engine:
         self.p_full_vec: torch.Tensor | None = None  # set by attribute(): p(full image), p(fill only)
         self.p_black_vec: torch.Tensor | None = None
         self.element_probs: torch.Tensor | None = None  # p of each element alone on the fill (element_features)
+        self.forwards0 = int(getattr(scorer, "forwards", 0))  # the scorer's count before this image
         self.candidates: list[dict[str, Any]] = []
+
+    def used_forwards(self) -> int:
+        """Images forwarded for this image so far."""
+        return int(getattr(self.scorer, "forwards", 0)) - self.forwards0
 
     def set_mask(self, members: list[int]) -> torch.Tensor:
         """Union mask [S,S] of the elements at ``members`` (one gather through the position map)."""
@@ -326,6 +335,25 @@ class _LazyState:
     refresh_next: bool = False
     refreshes: int = 0  # full re-evaluations after the first step (periodic + stale-triggered)
     stale_triggers: int = 0
+    budget: int | None = None  # forwards the whole image may use (lazy_budget × exact's count), None = no cap
+    k: int = 0  # steps of the search (for the budget's projection)
+    skipped_for_budget: int = 0  # stale refreshes or extra batches not run because the budget was spent
+
+    def affordable(self, eng: _Engine, step: int, n_rem: int, now: int, batch: int) -> bool:
+        """Whether ``now`` more forwards at this step leave enough budget for the plain schedule of later steps.
+
+        The plain schedule: each later step re-evaluates the top ``batch`` (2 forwards each), and every periodic step
+        all remaining candidates; the last region costs nothing (its two images are the full and the fill-only one).
+        """
+        if self.budget is None:
+            return True
+        ahead = 0
+        for t in range(step + 1, self.k):
+            m = n_rem - (t - step)
+            if m <= 1:
+                break
+            ahead += 2 * (m if t % int(eng.cfg.lazy_refresh) == 0 or m <= batch else batch)
+        return eng.used_forwards() + now + ahead <= self.budget
 
 
 def _lazy_front(eng: _Engine, dist: torch.Tensor, selected: list[int], remaining: list[int], step: int,
@@ -346,7 +374,12 @@ def _lazy_front(eng: _Engine, dist: torch.Tensor, selected: list[int], remaining
                  "collaboration": float(1 - pb[0, eng.target]), "objective": float(obj[0])}
         return 0, terms, float(pf[0, eng.pred]) if eng.pred is not None else None
     periodic = step % int(cfg.lazy_refresh) == 0
-    full = periodic or st.refresh_next or len(remaining) <= int(cfg.lazy_batch) or not cache
+    bsz = int(cfg.lazy_batch)
+    stale_refresh = st.refresh_next
+    if stale_refresh and not periodic and not st.affordable(eng, step, len(remaining), 2 * len(remaining), bsz):
+        stale_refresh = False
+        st.skipped_for_budget += 1
+    full = periodic or stale_refresh or len(remaining) <= bsz or not cache
     if full and cache:
         st.refreshes += 1
     st.refresh_next = False
@@ -364,7 +397,6 @@ def _lazy_front(eng: _Engine, dist: torch.Tensor, selected: list[int], remaining
         bound = torch.tensor([cache[a][0] for a in remaining], dtype=torch.float64, device=dev) + eff_gain
         # Descending bound, ties → smallest id (remaining is ascending and the sort is stable).
         order = torch.argsort(-bound, stable=True).tolist()
-        bsz = int(cfg.lazy_batch)
         batches = [order[i:i + bsz] for i in range(0, len(order), bsz)]
         bound_l = bound.tolist()
     best_pos, best_val, best_terms, best_pp = -1, -math.inf, None, None
@@ -390,6 +422,9 @@ def _lazy_front(eng: _Engine, dist: torch.Tensor, selected: list[int], remaining
         rest = max(bound_l[i] for i in order[done:])
         if best_val - f_sel >= rest:
             break
+        if not st.affordable(eng, step, len(remaining), 2 * len(batches[bi + 1]), bsz):
+            st.skipped_for_budget += 1
+            break  # the budget is spent: accept the best fresh gain so far
     if not full and bound_l[order[0]] - (best_val - f_sel) > float(cfg.lazy_stale):
         st.refresh_next = True  # the cached gains overestimated the best one by more than lazy_stale
         st.stale_triggers += 1
@@ -403,7 +438,9 @@ def _lazy(eng: _Engine, dist: torch.Tensor, k: int, f_empty: float) -> dict[str,
     remaining = list(range(n))
     rec: dict[str, list[float]] = {t: [] for t in TERMS}
     p_pred: list[float] = []
-    st = _LazyState()
+    budget = float(eng.cfg.lazy_budget)
+    # The cap counts every forward of the image, as SmdlResult.forwards does; exact's count is n + 1 + n(n+1).
+    st = _LazyState(budget=int(budget * (n + 1 + n * (n + 1))) if budget > 0 else None, k=k)
     f_sel, eff_sel = f_empty, 0.0
     for step in range(k):
         pos, terms, pp = _lazy_front(eng, dist, selected, remaining, step, st, f_sel, eff_sel)
@@ -416,7 +453,8 @@ def _lazy(eng: _Engine, dist: torch.Tensor, k: int, f_empty: float) -> dict[str,
         selected.append(a)
         f_sel, eff_sel = terms["objective"], terms["effectiveness"]
     return {"order": selected, "rec": rec, "p_pred": p_pred, "p_black": None,
-            "lazy_stats": {"refreshes": st.refreshes, "stale_triggers": st.stale_triggers}}
+            "lazy_stats": {"refreshes": st.refreshes, "stale_triggers": st.stale_triggers,
+                           "budget": st.budget, "skipped_for_budget": st.skipped_for_budget}}
 
 
 def _bidirectional(eng: _Engine, dist: torch.Tensor, lazy: bool, f_empty: float,
@@ -582,7 +620,8 @@ def attribute(scorer: Any, x_norm: torch.Tensor, fill_norm: torch.Tensor, masks:
     extra: dict[str, Any] = {"n_regions": n, "search": cfg.search, "lazy": bool(cfg.lazy)}
     if "lazy_stats" in out:
         extra.update({"lazy_batch": int(cfg.lazy_batch), "lazy_refresh": int(cfg.lazy_refresh),
-                      "lazy_stale": float(cfg.lazy_stale), **{f"lazy_{k}": v for k, v in out["lazy_stats"].items()}})
+                      "lazy_stale": float(cfg.lazy_stale), "lazy_budget_share": float(cfg.lazy_budget),
+                      **{f"lazy_{k}": v for k, v in out["lazy_stats"].items()}})
     warnings = []
     c = int(scorer.n_classes)
     if scorer.family == "softmax" and float(p_full_vec.max()) < 2.0 / c:
