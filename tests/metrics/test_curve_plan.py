@@ -57,3 +57,19 @@ def test_read_ahead_changes_nothing_bit_for_bit() -> None:
         assert [c.tolist() for c in out[0][m]] == [c.tolist() for c in out[2][m]]
     # step 0 of deletion is the image itself: its score, by hand
     assert out[2]["deletion"][1][0] == float(torch.tanh((x[1] * w).sum() / 10 + 1))
+
+
+def test_batches_equal_gathering_every_job() -> None:
+    # the run-by-run batches against the plain formula where(rank < n_i xor insertion, baseline, image) per job
+    rng = np.random.default_rng(9)
+    x = torch.as_tensor(rng.normal(size=(3, 2, 5, 5)), dtype=torch.float32)
+    base = torch.as_tensor(rng.normal(size=(3, 2, 5, 5)), dtype=torch.float32)
+    ranks = torch.stack([torch.as_tensor(ID.pixel_ranks(rng.random((5, 5)), (5, 5))) for _ in range(3)])
+    cnt = [ID.counts(25, s) for s in (4, 6, 3)]
+    plan = ID.plan_curves(3, cnt, ["deletion", "insertion"], torch.device("cpu"))
+    img, thr, ins = plan.img, plan.thr, plan.ins
+    want = torch.where(((ranks[img] < thr.view(-1, 1, 1)) ^ ins.view(-1, 1, 1)).unsqueeze(1), base[img], x[img])
+    for bs in (1, 4, 7, 64):
+        got = list(ID.perturbed_batches(x, base, ranks, plan, bs))
+        assert [sl.stop - sl.start for sl, _ in got][:-1] == [bs] * (len(got) - 1)
+        assert torch.equal(torch.cat([b for _, b in got]), want)

@@ -324,17 +324,32 @@ def plan_curves(b: int, cnt: Sequence[np.ndarray] | np.ndarray, modes: Sequence[
 
 def perturbed_batches(x: Any, baseline: Any, ranks: Any, plan: CurvePlan,
                       batch_size: int) -> Iterator[tuple[slice, Any]]:
-    """(job slice, perturbed images [b,C,H,W]) of each forward batch of ``plan``, in job order."""
+    """(job slice, perturbed images [b,C,H,W]) of each forward batch of ``plan``, in job order.
+
+    A batch is written run by run (the consecutive jobs of one image and mode), selecting straight from that
+    image and its baseline: the same values as gathering every job's image, with a quarter of the memory traffic.
+    """
     import torch
 
     ranks = torch.as_tensor(ranks, device=x.device)
+    runs = [(sl.start, sl.stop, i, m == "insertion") for m in plan.modes for i, sl in enumerate(plan.slots[m])]
+    dtype = torch.result_type(baseline, x)
+    r = 0
     for start in range(0, plan.size, batch_size):
-        sl = slice(start, min(plan.size, start + batch_size))
-        img = plan.img[sl]
-        chosen = ranks[img] < plan.thr[sl].view(-1, 1, 1)  # [b,H,W]: features perturbed at this step
-        # deletion: chosen features take the baseline; insertion: the unchosen ones do
-        use_base = (chosen ^ plan.ins[sl].view(-1, 1, 1)).unsqueeze(1)
-        yield sl, torch.where(use_base, baseline[img], x[img])
+        stop = min(plan.size, start + batch_size)
+        out = torch.empty((stop - start, *x.shape[1:]), dtype=dtype, device=x.device)
+        while runs[r][1] <= start:
+            r += 1
+        k = r
+        while k < len(runs) and runs[k][0] < stop:
+            a, b, i, ins = runs[k]
+            a, b = max(a, start), min(b, stop)
+            thr = plan.thr[a:b].view(-1, 1, 1)
+            # deletion: features ranked below n_i take the baseline; insertion: the others do
+            use_base = (ranks[i] >= thr) if ins else (ranks[i] < thr)
+            torch.where(use_base.unsqueeze(1), baseline[i], x[i], out=out[a - start:b - start])
+            k += 1
+        yield slice(start, stop), out
 
 
 def perturbation_curves(
