@@ -40,7 +40,7 @@ log = logging.getLogger("xaiclip.eval")
 LEGACY_LOG = "progress.jsonl"
 LOCK = ".collect.lock"
 NOT_GUARDED = ("bootstrap", "bootstrap_seed")  # only change the summary: may change on resume
-READ_AHEAD = 2  # items (perturbed batches) the producer thread builds ahead of the model
+READ_AHEAD = 2  # items (perturbed batches) the producer thread builds ahead of the model, when it has a core
 
 
 def faithfulness_settings(s: Any) -> dict[str, Any]:
@@ -394,12 +394,25 @@ def _group_records(st: FaithState, g: _Group) -> list[dict[str, Any]]:
     return recs
 
 
+def read_ahead_depth(device: Any) -> int:
+    """How far the producer thread runs ahead: :data:`READ_AHEAD` on CUDA (it queues kernels while the model
+    runs) or when torch leaves a CPU core free for it; 0 (sequential) when torch's threads take every core, as a
+    second thread would only compete with the model there."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return READ_AHEAD
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return READ_AHEAD if torch.get_num_threads() < cores else 0
+
+
 def execute(st: FaithState, indices: list[int], device: str, advance: Callable[[int], None],
             worker: int) -> dict[str, Any]:
     """Score the maps at ``indices`` in this process, appending their records to worker ``worker``'s log.
 
     A read-ahead thread prepares the groups and builds the perturbed batches (:func:`_work`) while this thread
-    runs the model on the previous batch; batches, and so every value, are those of a sequential run.
+    runs the model on the previous batch (:func:`read_ahead_depth`); batches, and so every value, are those of a
+    sequential run.
     """
     from xaiclip_cli.parallel.prefetch import read_ahead
 
@@ -412,7 +425,8 @@ def execute(st: FaithState, indices: list[int], device: str, advance: Callable[[
     fd = open_log(log_path(st.out, worker), {"settings": st.guard, "model": st.model}, bool(st.s.overwrite))
     done, failures = 0, []
     try:
-        for kind, obj, sl, batch in read_ahead(_work(st, groups), READ_AHEAD, name="xaiclip-faithfulness-batches"):
+        work = read_ahead(_work(st, groups), read_ahead_depth(st.backend.device), name="xaiclip-faithfulness-batches")
+        for kind, obj, sl, batch in work:
             if kind == "batch":  # obj: the subset the batch belongs to
                 obj.vals[sl] = obj.sc(batch, obj.tg_all[sl]).detach().double().cpu().numpy().reshape(-1)
                 continue
