@@ -13,7 +13,9 @@ every log and writes ``eval.json``, ``per_image.csv``, ``curves.npz`` and ``curv
 Maps are perturbed and scored in fixed groups of ``per`` planned maps (``i // per``) whatever the sharding, so the
 forward batches, and hence every per-image value bit for bit, are those of a one-process run (CPU and GPU
 kernels give last-bit differences between batch compositions); a group whose records a kill cut short is redone
-whole on resume, so a resumed run is exact too.
+whole on resume, so a resumed run is exact too. Within a process a read-ahead thread loads the next group's images
+and builds the next perturbed batches while the model runs on the current one (``parallel/prefetch.py``; on CPU
+only when torch leaves a core free); the batches are the same, so the values are too.
 """
 
 from __future__ import annotations
