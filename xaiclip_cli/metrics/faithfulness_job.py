@@ -365,9 +365,9 @@ def _start_group(st: FaithState, g: _Group) -> None:
     from xaiclip_cli.metrics.commands import _targets
 
     for sub in g.subs:
+        tg = _targets(st, sub.sub, sub.x)  # also for a subset of invalid maps only, as a sequential run does
         if not sub.keep:
             continue
-        tg = _targets(st, sub.sub, sub.x)
         sub.tt = [tg[j] for j in sub.keep]
         sub.tg_all = torch.as_tensor(np.asarray(sub.tt, dtype=np.int64), device=sub.xs.device)[sub.plan.img]
         sub.vals = np.empty(sub.plan.size, dtype=np.float64)
