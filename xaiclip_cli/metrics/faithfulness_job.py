@@ -13,7 +13,9 @@ every log and writes ``eval.json``, ``per_image.csv``, ``curves.npz`` and ``curv
 Maps are perturbed and scored in fixed groups of ``per`` planned maps (``i // per``) whatever the sharding, so the
 forward batches, and hence every per-image value bit for bit, are those of a one-process run (CPU and GPU
 kernels give last-bit differences between batch compositions); a group whose records a kill cut short is redone
-whole on resume, so a resumed run is exact too.
+whole on resume, so a resumed run is exact too. Within a process a read-ahead thread loads the next group's images
+and builds the next perturbed batches while the model runs on the current one (``parallel/prefetch.py``; on CPU
+only when torch leaves a core free); the batches are the same, so the values are too.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ log = logging.getLogger("xaiclip.eval")
 LEGACY_LOG = "progress.jsonl"
 LOCK = ".collect.lock"
 NOT_GUARDED = ("bootstrap", "bootstrap_seed")  # only change the summary: may change on resume
+READ_AHEAD = 2  # items (perturbed batches) the producer thread builds ahead of the model, when it has a core
 
 
 def faithfulness_settings(s: Any) -> dict[str, Any]:
@@ -234,52 +237,96 @@ def _one_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def run_group(st: FaithState, idx: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Records (skipped or scored) and failures of the maps ``idx`` of one fixed group, perturbed together."""
+@dataclass
+class _Sub:
+    """One text set's maps of a group, ready to score: inputs, rankings and perturbation plan (producer side),
+    targets and scores (filled by the consumer)."""
+
+    sub: list[Any]  # (item, row, names, scorer, image) of every map of the text set
+    sc: Any
+    x: Any  # unperturbed pixels of every map of ``sub`` (the batch of the target forward, when one is needed)
+    keep: list[int]  # positions in ``sub`` of the maps with a valid ranking
+    xs: Any
+    bs: Any
+    rk: Any
+    cnts: list[np.ndarray]
+    ns: list[int]
+    plan: Any
+    invalid: list[dict[str, Any]]  # skipped records of invalid maps
+    tt: list[int] = field(default_factory=list)
+    tg_all: Any = None
+    vals: Any = None
+
+
+@dataclass
+class _Group:
+    """One fixed group of maps: skipped records and failures found while preparing, and its scorable subsets."""
+
+    idx: list[int]
+    recs: list[dict[str, Any]]
+    fails: list[dict[str, Any]]
+    subs: list[_Sub]
+
+
+def _scorers(st: FaithState, indices: list[int]) -> None:
+    """Create (in the calling thread, which owns the model) the scorer of every text set ``indices`` may need."""
+    from xaiclip_cli.metrics.scoring import texts_of
+
+    for i in indices:
+        it = st.items[i]
+        if it.phi is not None and np.isfinite(it.phi).all():
+            st.scorer(texts_of(it, st.s.text)[1])
+
+
+def prepare_group(st: FaithState, idx: list[int]) -> _Group:
+    """Everything of one group but the model: images, pixels, baselines, rankings, counts and perturbation plans
+    (runs in the read-ahead thread; the scorers exist already, see :func:`_scorers`)."""
     import torch
 
     from xaiclip_cli.metrics import insertion_deletion as ID
-    from xaiclip_cli.metrics.commands import _scorer_groups
     from xaiclip_cli.metrics.scoring import texts_of
 
     s = st.s
     kind, value = ID.parse_baseline(s.baseline)
-    recs: list[dict[str, Any]] = []
-    fails: list[dict[str, Any]] = []
+    g = _Group(idx, [], [], [])
     group: list[Any] = []
     for i in idx:
         it = st.items[i]
         row = {"image": it.key, "target": it.target_name or "", "label": "", "status": "ok", "reason": "",
                "method": it.method or it.kind, "image_stem": it.stem}
         if it.phi is None:
-            recs.append({"row": {**row, "status": "skipped", "reason": it.reason}})
+            g.recs.append({"row": {**row, "status": "skipped", "reason": it.reason}})
             continue
         if not np.isfinite(it.phi).all():
-            recs.append({"row": {**row, "status": "skipped", "reason": "nan"}})
+            g.recs.append({"row": {**row, "status": "skipped", "reason": "nan"}})
             continue
         try:
             img = st.resolver.get(it)
         except UsageError:
             raise
         except XaiclipError as exc:  # this image only (unreadable file): failed.jsonl, retried on a rerun
-            fails.append({"index": i, "error": _one_line(exc)})
+            g.fails.append({"index": i, "error": _one_line(exc)})
             st.warn(f"{it.key}: {_one_line(exc)}")
             continue
         if img is None:
-            recs.append({"row": {**row, "status": "skipped", "reason": "missing_image"}})
+            g.recs.append({"row": {**row, "status": "skipped", "reason": "missing_image"}})
             continue
         names, prompts = texts_of(it, s.text)
         group.append((it, row, names, st.scorer(prompts), img))
-    if not group:
-        return recs, fails
-    for sub, sc, x, tg in _scorer_groups(st, group):
+    by_sc: dict[int, list[int]] = {}  # one subset per text set, in first-seen order
+    for j, m in enumerate(group):
+        by_sc.setdefault(id(m[3]), []).append(j)
+    for js in by_sc.values():
+        sub = [group[j] for j in js]
+        sc = sub[0][3]
+        x = sc.pixels([m[4] for m in sub])
         base = ID.make_baseline(kind, x, mean=sc.mean, std=sc.std, value=value, seed=s.seed)
-        keep, ranks, cnts, ns = [], [], [], []
+        keep, ranks, cnts, ns, invalid = [], [], [], [], []
         for j, (it, row, *_rest) in enumerate(sub):
             try:
                 r = ID.pixel_ranks(it.phi, sc.size, s.unit, s.convention)
             except ID.InvalidMap as exc:
-                recs.append({"row": {**row, "status": "skipped", "reason": exc.reason}})
+                invalid.append({"row": {**row, "status": "skipped", "reason": exc.reason}})
                 continue
             n = ID.n_features(it.phi.shape, sc.size, s.unit)
             keep.append(j)
@@ -287,42 +334,115 @@ def run_group(st: FaithState, idx: list[int]) -> tuple[list[dict[str, Any]], lis
             cnts.append(ID.counts(n, s.steps, s.convention, s.max_fraction, s.rise_step))
             ns.append(n)
         if not keep:
+            g.subs.append(_Sub(sub, sc, x, [], None, None, None, [], [], None, invalid))
             continue
         xs, bs = x[keep], base[keep]
         rk = torch.stack(ranks).to(xs.device)
-        tt = [tg[j] for j in keep]
-        ys = ID.perturbation_curves(sc, xs, bs, rk, cnts, ("deletion", "insertion"), tt, s.batch_size)
-        y_del, y_ins = ys["deletion"], ys["insertion"]
-        for k, j in enumerate(keep):
-            row, names = sub[j][1], sub[j][2]
+        plan = ID.plan_curves(len(keep), cnts, ["deletion", "insertion"], xs.device)
+        g.subs.append(_Sub(sub, sc, x, keep, xs, bs, rk, cnts, ns, plan, invalid))
+    return g
+
+
+def _work(st: FaithState, groups: list[list[int]]) -> Iterator[tuple[str, Any, Any, Any]]:
+    """The producer: per group ("group", g), then ("batch", subset, job slice, perturbed images) of each forward
+    batch (the batches of a one-process run), then ("end", g)."""
+    from xaiclip_cli.metrics import insertion_deletion as ID
+
+    for idx in groups:
+        g = prepare_group(st, idx)
+        yield "group", g, None, None
+        for sub in g.subs:
+            if sub.keep:
+                for sl, batch in ID.perturbed_batches(sub.xs, sub.bs, sub.rk, sub.plan, st.s.batch_size):
+                    yield "batch", sub, sl, batch
+        yield "end", g, None, None
+
+
+def _start_group(st: FaithState, g: _Group) -> None:
+    """Targets of each subset (one forward of its unperturbed images where a rule needs it) and its score array."""
+    import torch
+
+    from xaiclip_cli.metrics.commands import _targets
+
+    for sub in g.subs:
+        tg = _targets(st, sub.sub, sub.x)  # also for a subset of invalid maps only, as a sequential run does
+        if not sub.keep:
+            continue
+        sub.tt = [tg[j] for j in sub.keep]
+        sub.tg_all = torch.as_tensor(np.asarray(sub.tt, dtype=np.int64), device=sub.xs.device)[sub.plan.img]
+        sub.vals = np.empty(sub.plan.size, dtype=np.float64)
+
+
+def _group_records(st: FaithState, g: _Group) -> list[dict[str, Any]]:
+    """The records of a scored group: skipped maps, then per subset its invalid maps and its scored maps."""
+    from xaiclip_cli.metrics import insertion_deletion as ID
+
+    s = st.s
+    recs = list(g.recs)
+    for sub in g.subs:
+        recs += sub.invalid
+        if not sub.keep:
+            continue
+        ys = sub.plan.curves(sub.vals)
+        y_del, y_ins, cnts, ns, tt = ys["deletion"], ys["insertion"], sub.cnts, sub.ns, sub.tt
+        for k, j in enumerate(sub.keep):
+            row, names = sub.sub[j][1], sub.sub[j][2]
             row = {**row, "target": names[tt[k]], "target_index": tt[k],
                    "deletion_auc": ID.auc(cnts[k], ns[k], y_del[k], s.convention),
                    "insertion_auc": ID.auc(cnts[k], ns[k], y_ins[k], s.convention),
                    "score_full": float(y_del[k][0]), "score_baseline": float(y_ins[k][0]), "n_features": ns[k]}
             recs.append({"row": row, "x": np.asarray(ID.x_axis(cnts[k], ns[k])).tolist(),
                          "y_deletion": np.asarray(y_del[k]).tolist(), "y_insertion": np.asarray(y_ins[k]).tolist()})
-    return recs, fails
+    return recs
+
+
+def read_ahead_depth(device: Any) -> int:
+    """How far the producer thread runs ahead: :data:`READ_AHEAD` on CUDA (it queues kernels while the model
+    runs) or when torch leaves a CPU core free for it; 0 (sequential) when torch's threads take every core, as a
+    second thread would only compete with the model there."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return READ_AHEAD
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return READ_AHEAD if torch.get_num_threads() < cores else 0
 
 
 def execute(st: FaithState, indices: list[int], device: str, advance: Callable[[int], None],
             worker: int) -> dict[str, Any]:
-    """Score the maps at ``indices`` in this process, appending their records to worker ``worker``'s log."""
+    """Score the maps at ``indices`` in this process, appending their records to worker ``worker``'s log.
+
+    A read-ahead thread prepares the groups and builds the perturbed batches (:func:`_work`) while this thread
+    runs the model on the previous batch (:func:`read_ahead_depth`); batches, and so every value, are those of a
+    sequential run.
+    """
+    from xaiclip_cli.parallel.prefetch import read_ahead
+
     if not indices:
         return {"done": 0, "failures": []}
     st.load(device)
     t0 = time.perf_counter()
+    _scorers(st, indices)
+    groups = [list(grp) for _g, grp in itertools.groupby(sorted(indices), key=lambda i: i // st.per)]
     fd = open_log(log_path(st.out, worker), {"settings": st.guard, "model": st.model}, bool(st.s.overwrite))
     done, failures = 0, []
     try:
-        for _g, grp in itertools.groupby(sorted(indices), key=lambda i: i // st.per):
-            idx = list(grp)
-            recs, fails = run_group(st, idx)
-            if recs:  # one write per group, tagged so that a group cut by a kill is redone whole
-                tag = {"wid": os.urandom(6).hex(), "of": len(recs)}
-                _write_all(fd, "".join(json.dumps({**r, **tag}, default=float) + "\n" for r in recs).encode())
-            done += len(recs)
-            failures += fails
-            advance(len(idx))
+        work = read_ahead(_work(st, groups), read_ahead_depth(st.backend.device), name="xaiclip-faithfulness-batches")
+        for kind, obj, sl, batch in work:
+            if kind == "batch":  # obj: the subset the batch belongs to
+                obj.vals[sl] = obj.sc(batch, obj.tg_all[sl]).detach().double().cpu().numpy().reshape(-1)
+                continue
+            g: _Group = obj
+            if kind == "group":
+                _start_group(st, g)
+            else:
+                recs = _group_records(st, g)
+                if recs:  # one write per group, tagged so that a group cut by a kill is redone whole
+                    tag = {"wid": os.urandom(6).hex(), "of": len(recs)}
+                    _write_all(fd, "".join(json.dumps({**r, **tag}, default=float) + "\n" for r in recs).encode())
+                done += len(recs)
+                failures += g.fails
+                advance(len(g.idx))
     finally:
         os.close(fd)
     return {"done": done, "failures": failures, "model": st.model, "loop_s": time.perf_counter() - t0,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -269,35 +270,42 @@ def make_baseline(kind: str, x: Any, *, mean: Any, std: Any, value: float | None
 ScoreFn = Callable[[Any, Any], Any]  # (images [b,C,H,W], target indices [b]) -> scores [b]
 
 
-def perturbation_curves(
-    score_fn: ScoreFn,
-    x: Any,
-    baseline: Any,
-    ranks: Any,
-    cnt: Sequence[np.ndarray] | np.ndarray,
-    mode: Mode | Sequence[Mode],
-    targets: Sequence[int] | None = None,
-    batch_size: int = 64,
-) -> Any:
-    """Scores y_i for every image and step: deletion x with its first n_i features at the baseline, insertion the
-    reverse. All (image, mode, step) triples are forwarded in batches of ``batch_size`` (the result never depends
-    on it); giving both modes fills the batches across the two curves.
+@dataclass
+class CurvePlan:
+    """Every (mode, image, step) job of a set of curves, mode-major, then image, then step (tensors on the device).
 
-    x, baseline: [B,C,H,W] on the model's device; ranks: [B,H,W] int64; cnt: one counts array for all or one per
-    image. Returns a list of curves (one mode) or {mode: list of curves} (several modes).
+    ``img[j]``: the image of job j; ``thr[j]``: its n_i (features perturbed); ``ins[j]``: insertion or not;
+    ``slots[mode][i]``: the slice of the jobs of image i's curve of that mode.
     """
-    import torch
 
+    modes: list[str]
+    img: Any
+    thr: Any
+    ins: Any
+    slots: dict[str, list[slice]]
+    size: int
+
+    def curves(self, vals: np.ndarray) -> dict[str, list[np.ndarray]]:
+        """{mode: one float64 curve per image} from the job values ``vals`` [size]."""
+        return {m: [np.asarray(vals[sl], dtype=np.float64).copy() for sl in self.slots[m]] for m in self.modes}
+
+
+def check_modes(mode: Mode | Sequence[Mode]) -> list[str]:
+    """The modes as a list (ValueError for an unknown one)."""
     modes = [mode] if isinstance(mode, str) else list(mode)
     for m in modes:
         if m not in ("deletion", "insertion"):
             raise ValueError(f"unknown mode {m!r}")
-    b = int(x.shape[0])
+    return modes
+
+
+def plan_curves(b: int, cnt: Sequence[np.ndarray] | np.ndarray, modes: Sequence[str], device: Any) -> CurvePlan:
+    """The jobs of ``b`` images' curves; ``cnt``: one counts array for all images or one per image."""
+    import torch
+
     arr = np.asarray(cnt, dtype=object) if not isinstance(cnt, np.ndarray) else cnt
     per = list(cnt) if (isinstance(cnt, list) or (isinstance(arr, np.ndarray) and arr.ndim == 2)) else [cnt] * b
-    ranks = torch.as_tensor(ranks, device=x.device)
-    tg = np.arange(b) if targets is None else np.asarray(list(targets), dtype=np.int64)
-    # All jobs as arrays (mode-major, then image, then step), built once: the loop only slices them.
+    # All jobs as arrays, built once: the batch loop only slices them.
     j_img, j_n, j_ins = [], [], []
     slots: dict[str, list[slice]] = {m: [] for m in modes}
     pos = 0
@@ -309,22 +317,73 @@ def perturbation_curves(
             j_ins.append(np.full(c.size, m == "insertion"))
             slots[m].append(slice(pos, pos + c.size))
             pos += c.size
-    dev = x.device
-    img_all = torch.as_tensor(np.concatenate(j_img), device=dev)
-    thr_all = torch.as_tensor(np.concatenate(j_n), device=dev)
-    ins_all = torch.as_tensor(np.concatenate(j_ins), device=dev)
-    tg_all = torch.as_tensor(tg, device=dev)[img_all]
-    vals = np.empty(pos, dtype=np.float64)
-    for start in range(0, pos, batch_size):
-        sl = slice(start, min(pos, start + batch_size))
-        img = img_all[sl]
-        chosen = ranks[img] < thr_all[sl].view(-1, 1, 1)  # [b,H,W]: features perturbed at this step
-        # deletion: chosen features take the baseline; insertion: the unchosen ones do
-        use_base = (chosen ^ ins_all[sl].view(-1, 1, 1)).unsqueeze(1)
-        batch = torch.where(use_base, baseline[img], x[img])
+    return CurvePlan(list(modes), torch.as_tensor(np.concatenate(j_img), device=device),
+                     torch.as_tensor(np.concatenate(j_n), device=device),
+                     torch.as_tensor(np.concatenate(j_ins), device=device), slots, pos)
+
+
+def perturbed_batches(x: Any, baseline: Any, ranks: Any, plan: CurvePlan,
+                      batch_size: int) -> Iterator[tuple[slice, Any]]:
+    """(job slice, perturbed images [b,C,H,W]) of each forward batch of ``plan``, in job order.
+
+    A batch is written run by run (the consecutive jobs of one image and mode), selecting straight from that
+    image and its baseline: the same values as gathering every job's image, with a quarter of the memory traffic.
+    """
+    import torch
+
+    ranks = torch.as_tensor(ranks, device=x.device)
+    runs = [(sl.start, sl.stop, i, m == "insertion") for m in plan.modes for i, sl in enumerate(plan.slots[m])]
+    dtype = torch.result_type(baseline, x)
+    r = 0
+    for start in range(0, plan.size, batch_size):
+        stop = min(plan.size, start + batch_size)
+        out = torch.empty((stop - start, *x.shape[1:]), dtype=dtype, device=x.device)
+        while runs[r][1] <= start:
+            r += 1
+        k = r
+        while k < len(runs) and runs[k][0] < stop:
+            a, b, i, ins = runs[k]
+            a, b = max(a, start), min(b, stop)
+            thr = plan.thr[a:b].view(-1, 1, 1)
+            # deletion: features ranked below n_i take the baseline; insertion: the others do
+            use_base = (ranks[i] >= thr) if ins else (ranks[i] < thr)
+            torch.where(use_base.unsqueeze(1), baseline[i], x[i], out=out[a - start:b - start])
+            k += 1
+        yield slice(start, stop), out
+
+
+def perturbation_curves(
+    score_fn: ScoreFn,
+    x: Any,
+    baseline: Any,
+    ranks: Any,
+    cnt: Sequence[np.ndarray] | np.ndarray,
+    mode: Mode | Sequence[Mode],
+    targets: Sequence[int] | None = None,
+    batch_size: int = 64,
+    prefetch: int = 2,
+) -> Any:
+    """Scores y_i for every image and step: deletion x with its first n_i features at the baseline, insertion the
+    reverse. All (image, mode, step) triples are forwarded in batches of ``batch_size`` (the result never depends
+    on it); giving both modes fills the batches across the two curves. ``prefetch`` batches are built ahead in a
+    background thread while ``score_fn`` runs (0: in the calling thread; the values are the same either way).
+
+    x, baseline: [B,C,H,W] on the model's device; ranks: [B,H,W] int64; cnt: one counts array for all or one per
+    image. Returns a list of curves (one mode) or {mode: list of curves} (several modes).
+    """
+    import torch
+
+    from xaiclip_cli.parallel.prefetch import read_ahead
+
+    modes = check_modes(mode)
+    b = int(x.shape[0])
+    plan = plan_curves(b, cnt, modes, x.device)
+    tg = np.arange(b) if targets is None else np.asarray(list(targets), dtype=np.int64)
+    tg_all = torch.as_tensor(tg, device=x.device)[plan.img]
+    vals = np.empty(plan.size, dtype=np.float64)
+    for sl, batch in read_ahead(perturbed_batches(x, baseline, ranks, plan, batch_size), prefetch):
         vals[sl] = score_fn(batch, tg_all[sl]).detach().double().cpu().numpy().reshape(-1)
-    out = {m: [vals[sl_] for sl_ in slots[m]] for m in modes}
-    res = {m: [np.asarray(v, dtype=np.float64).copy() for v in out[m]] for m in modes}
+    res = plan.curves(vals)
     return res[modes[0]] if isinstance(mode, str) else res
 
 
