@@ -89,7 +89,7 @@ def test_two_cpu_workers_equal_one_process_and_guard_all_logs(tmp_path: Path) ->
     assert json.loads(lines[0][0])["model"]["backend"] == "toy"
     assert sorted(json.loads(ln)["row"]["image"] for ln in lines[1][1:]) == ["test_00004_rand", "test_00005_rand"]
     full = json.loads((two / "eval.json").read_text())
-    assert full["counts"]["forwards"] == 6 * (2 * 5 + 1) and "failed" not in full["counts"]
+    assert full["counts"]["forwards"] == 6 * 2 * 5 and "failed" not in full["counts"]
     # a resume with other settings is refused for every worker's log, naming the key; nothing is touched
     (two / "eval.json").unlink()
     before = {n: (two / n).read_bytes() for n in logs}
@@ -170,7 +170,7 @@ def test_unreadable_image_goes_to_failed_jsonl_exit_3_and_rerun_retries_it(tmp_p
     doc = _run(args)  # a result with failures resumes without --overwrite: only the failed map is redone
     assert doc["evaluated"] == 3
     full = json.loads((out / "eval.json").read_text())
-    assert "failed" not in full["counts"] and full["counts"]["forwards"] == 1 * (2 * 5 + 1)
+    assert "failed" not in full["counts"] and full["counts"]["forwards"] == 1 * 2 * 5
     rows = {r["image"]: r for r in _csv(out)}
     assert rows["img0"] == first["img0"] and rows["img2"] == first["img2"]
     _run(args, code=2)  # now complete: refused without --overwrite
@@ -185,7 +185,7 @@ def test_legacy_progress_jsonl_is_resumed(tmp_path: Path) -> None:
     (out / "eval.json").unlink()
     doc = _run(args)
     assert doc["evaluated"] == 3
-    assert json.loads((out / "eval.json").read_text())["counts"]["forwards"] == 1 * (2 * 5 + 1)
+    assert json.loads((out / "eval.json").read_text())["counts"]["forwards"] == 1 * 2 * 5
     assert len((out / "progress.0.jsonl").read_text().splitlines()) == 2  # header + the one new record
     (out / "progress.7.jsonl").write_text((out / "progress.0.jsonl").read_text())  # as if from a bigger run
     before = sorted(p.name for p in out.iterdir())
@@ -196,7 +196,7 @@ def test_legacy_progress_jsonl_is_resumed(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.glob("progress*.jsonl")) == ["progress.0.jsonl"]
     lines = (out / "progress.0.jsonl").read_text().splitlines()
     assert len(lines) == 4 and json.loads(lines[0])["settings"]["steps"] == 6
-    assert json.loads((out / "eval.json").read_text())["counts"]["forwards"] == 3 * (2 * 7 + 1)
+    assert json.loads((out / "eval.json").read_text())["counts"]["forwards"] == 3 * 2 * 7
 
 
 def _csv(out: Path) -> list[dict[str, str]]:

@@ -114,7 +114,7 @@ def test_faithfulness_matches_direct_loop_and_batch_size(maps: Path, backend, tm
     assert z["y_deletion"].shape == (3, 9) and z["x_insertion"][0, -1] == 1.0
     full = json.loads((a / "eval.json").read_text())
     assert full["settings"]["convention"] == "xaiclip" and full["settings"]["baseline"]["kind"] == "black"
-    assert full["settings"]["tie_break"] == "stable_low_index" and full["counts"]["forwards"] == 3 * (2 * 9 + 1)
+    assert full["settings"]["tie_break"] == "stable_low_index" and full["counts"]["forwards"] == 3 * 2 * 9
 
 
 def test_faithfulness_resume_and_settings_guard(maps: Path, tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_faithfulness_resume_and_settings_guard(maps: Path, tmp_path: Path) -> N
     _run(["eval", "faithfulness", *BASE, "--maps", str(maps), "--steps", "4", "--output-dir", str(out),
           "--bootstrap", "0"])
     full = json.loads((out / "eval.json").read_text())
-    assert full["counts"]["evaluated"] == 3 and full["counts"]["forwards"] == 1 * (2 * 5 + 1)  # only the new one
+    assert full["counts"]["evaluated"] == 3 and full["counts"]["forwards"] == 1 * 2 * 5  # only the new one
     (out / "eval.json").unlink()
     r = _run(["eval", "faithfulness", *BASE, "--maps", str(maps), "--steps", "6", "--output-dir", str(out)], code=2)
     assert "different settings" in r["stderr"] and "steps: 4 -> 6" in r["stderr"]

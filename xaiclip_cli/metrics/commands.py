@@ -594,10 +594,13 @@ def _scorer_groups(run: _ModelRun, group: list[Any]) -> Any:
 
 
 def _targets(run: _ModelRun, group: list[Any], x: Any) -> list[int]:
-    """Target index per image (one batched forward of the unperturbed images decides `best`/fallbacks)."""
-    from xaiclip_cli.metrics.scoring import resolve_target
+    """Target index per image (one batched forward of the unperturbed images decides `best`/fallbacks; skipped
+    when every target is fixed by the rule or the sidecars, as it changes no number)."""
+    from xaiclip_cli.metrics.scoring import needs_scores, resolve_target
 
-    full = group[0][3].scores(x).detach().cpu().numpy()  # the group shares one scorer (text set)
+    full: Any = [None] * len(group)
+    if any(needs_scores(run.s.target, it, names) for it, _row, names, _sc, _img in group):
+        full = group[0][3].scores(x).detach().cpu().numpy()  # the group shares one scorer (text set)
     return [resolve_target(run.s.target, it, names, full[j]) for j, (it, _row, names, _sc, _img) in
             enumerate(group)]
 

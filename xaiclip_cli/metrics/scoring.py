@@ -147,8 +147,23 @@ def texts_of(item: Any, given: Sequence[str]) -> tuple[list[str], list[str]]:
     raise UsageError(f"map {item.key}: its sidecar names no texts; give the texts with --text (repeatable)")
 
 
-def resolve_target(rule: str, item: Any, names: Sequence[str], scores_full: np.ndarray) -> int:
-    """Target index: sidecar (explained text; its name if the index is absent), best, or an index/name."""
+def needs_scores(rule: str, item: Any, names: Sequence[str]) -> bool:
+    """Whether :func:`resolve_target` reads the unperturbed scores for this item (``best``, or a sidecar rule
+    whose explained text is not among ``names``); every other rule fixes the target without a forward pass."""
+    from xaiclip_cli.explain.targets import parse_target
+
+    r = str(rule).strip().lower()
+    if r == "sidecar":
+        return not ((item.target_index is not None and 0 <= int(item.target_index) < len(names))
+                    or item.target_name in names)
+    return parse_target(rule, names) == "best"
+
+
+def resolve_target(rule: str, item: Any, names: Sequence[str], scores_full: np.ndarray | None) -> int:
+    """Target index: sidecar (explained text; its name if the index is absent), best, or an index/name.
+
+    ``scores_full`` (the unperturbed image's scores) may be None when :func:`needs_scores` is false.
+    """
     from xaiclip_cli.explain.targets import parse_target
 
     r = str(rule).strip().lower()
