@@ -3,11 +3,13 @@
 Part A (smdl.md §14–15): the tiny CLIP of the parity test (transformers CLIPModel from a config, s = 10) on the
 three scikit-image images at 224 px, SLICO region size 30 (≈49 regions): exact mode vs the reference-style oracle
 ``tests/oracle/smdl_ref.py`` on the same model, images, regions and threads (ratio, identical results, model-time
-share), then every fast mode against exact. Part B: the shipped toy-vit on ≥ 20 toy-cells test images (64 px,
-``--region-size auto`` → ≈49 regions), every mode against exact. Per mode: s/image, forwards, model share, mean
-insertion/deletion AUC (recorded curves, metrics.md §1), Kendall τ of the orders vs exact (scipy).
+share), then every fast mode against exact. Part B: the shipped toy-vit on toy-cells test images ``--start`` ..
+``--start + --images − 1`` (default 0..79; 64 px, ``--region-size auto`` → ≈49 regions), every mode against exact.
+Per mode: s/image, forwards, model share, mean insertion/deletion AUC (recorded curves, metrics.md §1) with a paired
+bootstrap 95 % interval of the relative difference to exact (images resampled, PCG64, B = 1000), Kendall τ of the
+orders vs exact (scipy), and lazy's full re-evaluations per image (periodic + stale-triggered).
 
-Usage: .venv/bin/python benchmarks/attrib_speed.py [--images 20] [--threads 1] [--skip-oracle]
+Usage: .venv/bin/python benchmarks/attrib_speed.py [--images 80] [--start 0] [--threads 1] [--skip-oracle]
 """
 
 from __future__ import annotations
@@ -65,8 +67,20 @@ def _run_modes(items, scorer, modes):
                 ex = r
             ins, dele = _auc(r)
             per[m].append({"seconds": r.seconds, "model_seconds": r.model_seconds, "forwards": r.forwards,
-                           "ins": ins, "del": dele, "tau": _tau(ex.order, r.order) if ex is not None else None})
+                           "ins": ins, "del": dele, "tau": _tau(ex.order, r.order) if ex is not None else None,
+                           "refreshes": r.extra.get("lazy_refreshes"), "triggers": r.extra.get("lazy_stale_triggers")})
+    from xaiclip_cli.metrics.bootstrap import resample_indices
+
     out = {}
+    idx = resample_indices(len(per["exact"]), 1000, 0)
+    ex_ins_v = np.asarray([d["ins"] for d in per["exact"]])
+    ex_del_v = np.asarray([d["del"] for d in per["exact"]])
+
+    def rel_ci(vals, ref):
+        # Paired: the same resampled images for the mode and exact; ratio of means − 1.
+        r = np.asarray(vals)[idx].mean(1) / ref[idx].mean(1) - 1.0
+        return [float(np.quantile(r, 0.025)), float(np.quantile(r, 0.975))]
+
     ex_ins = float(np.mean([d["ins"] for d in per["exact"]]))
     ex_del = float(np.mean([d["del"] for d in per["exact"]]))
     ex_fw = float(np.mean([d["forwards"] for d in per["exact"]]))
@@ -85,7 +99,12 @@ def _run_modes(items, scorer, modes):
             "insertion_rel_vs_exact": ins / ex_ins - 1.0,
             "deletion_rel_vs_exact": dele / ex_del - 1.0,
             "kendall_tau_mean": float(np.mean([d["tau"] for d in rows])) if rows[0]["tau"] is not None else None,
+            "insertion_rel_ci95": rel_ci([d["ins"] for d in rows], ex_ins_v),
+            "deletion_rel_ci95": rel_ci([d["del"] for d in rows], ex_del_v),
         }
+        if rows[0]["refreshes"] is not None:
+            out[m]["lazy_refreshes_mean"] = float(np.mean([d["refreshes"] for d in rows]))
+            out[m]["lazy_stale_triggers_mean"] = float(np.mean([d["triggers"] for d in rows]))
     return out
 
 
@@ -156,7 +175,7 @@ def part_b(args):
     scorer = ClipScorer(backend, protos, backend.logit_scale)
     src = open_source("toycells")
     items, counts = [], []
-    for i in range(args.images):
+    for i in range(args.start, args.start + args.images):
         s = src.get("test", i)
         bgr = np.ascontiguousarray(s.image[:, :, ::-1])
         labels = divide(bgr, "slico")
@@ -164,7 +183,8 @@ def part_b(args):
         counts.append(len(ids))
         x, b = prepare(backend, bgr)
         items.append((x, b, torch.from_numpy(masks), int(s.label), bgr.astype(np.int32).sum(2) != 0))
-    return {"model": args.model, "regions_mean": float(np.mean(counts)), "regions_min": int(min(counts)),
+    return {"model": args.model, "first_image": args.start, "regions_mean": float(np.mean(counts)),
+            "regions_min": int(min(counts)),
             "regions_max": int(max(counts)), "modes": _run_modes(items, scorer, list(MODES))}
 
 
@@ -188,15 +208,22 @@ def markdown(rec) -> str:
         lines.append("")
     for key, title in (("tiny_clip", "tiny CLIP, 3 scikit-image images"), ("toy", "toy-vit, toy cells")):
         part = rec[key]
-        lines.append(f"### {title} ({part['modes']['exact']['images']} images, {part['regions_mean']:.1f} regions)\n")
-        lines.append("| mode | s/image (median) | forwards | ÷ exact | model share | insertion AUC | Δ rel | "
-                     "deletion AUC | Δ rel | Kendall τ |")
+        n_img = part["modes"]["exact"]["images"]
+        first = (f", test images {part['first_image']}–{part['first_image'] + n_img - 1}" if "first_image" in part
+                 else "")
+        lines.append(f"### {title} ({part['modes']['exact']['images']} images{first}, "
+                     f"{part['regions_mean']:.1f} regions)\n")
+        lines.append("| mode | s/image (median) | forwards | ÷ exact | model share | insertion AUC | Δ rel [95 % CI] | "
+                     "deletion AUC | Δ rel [95 % CI] | Kendall τ |")
         lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for m, d in part["modes"].items():
+            ci_i, ci_d = d["insertion_rel_ci95"], d["deletion_rel_ci95"]
             lines.append(f"| {m} | {d['s_per_image_median']:.2f} | {d['forwards_mean']:.0f} | "
-                         f"{d['forwards_vs_exact']:.2f} | {d['model_share']:.0%} | {d['insertion_auc']:.4f} | "
-                         f"{d['insertion_rel_vs_exact']:+.2%} | {d['deletion_auc']:.4f} | "
-                         f"{d['deletion_rel_vs_exact']:+.2%} | {d['kendall_tau_mean']:.3f} |")
+                         f"{d['forwards_vs_exact']:.3f} | {d['model_share']:.0%} | {d['insertion_auc']:.4f} | "
+                         f"{d['insertion_rel_vs_exact']:+.2%} [{ci_i[0]:+.1%}, {ci_i[1]:+.1%}] | "
+                         f"{d['deletion_auc']:.4f} | {d['deletion_rel_vs_exact']:+.2%} "
+                         f"[{ci_d[0]:+.1%}, {ci_d[1]:+.1%}] | "
+                         f"{d['kendall_tau_mean']:.3f} |")
         lines.append("")
     lines.append(f"Peak RSS {rec['peak_rss_mb']:.0f} MB.\n")
     return "\n".join(lines)
@@ -205,7 +232,8 @@ def markdown(rec) -> str:
 def main() -> int:
     """Run both parts, write the results JSON + Markdown, print one JSON record."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=20, help="toy-cells test images (≥ 20 for the report)")
+    ap.add_argument("--images", type=int, default=80, help="toy-cells test images (≥ 20 for the report)")
+    ap.add_argument("--start", type=int, default=0, help="first toy-cells test image")
     ap.add_argument("--model", default="toy-vit")
     ap.add_argument("--region-size", type=int, default=30, help="SLICO region size of part A (30 → ≈49 regions)")
     ap.add_argument("--threads", type=int, default=1)
@@ -236,6 +264,7 @@ def main() -> int:
         "lazy_insertion_rel_toy": t["modes"]["lazy"]["insertion_rel_vs_exact"],
         "lazy_forwards_vs_exact_tiny_clip": a["modes"]["lazy"]["forwards_vs_exact"],
         "lazy_insertion_rel_tiny_clip": a["modes"]["lazy"]["insertion_rel_vs_exact"],
+        "lazy_insertion_rel_ci95_toy": t["modes"]["lazy"]["insertion_rel_ci95"],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

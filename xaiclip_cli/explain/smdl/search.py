@@ -355,6 +355,17 @@ class _LazyState:
             ahead += 2 * (m if t % int(eng.cfg.lazy_refresh) == 0 or m <= batch else batch)
         return eng.used_forwards() + now + ahead <= self.budget
 
+    def spread(self, eng: _Engine, step: int, n_rem: int, batch: int) -> int:
+        """Extra candidates this step may re-evaluate: the budget left over the plain schedule, spread evenly over
+        the remaining steps (so early steps, which shape the curves most, are never starved by later ones)."""
+        if self.budget is None:
+            return 0
+        steps_left = max(1, min(self.k, step + n_rem - 1) - step)
+        room = 0
+        while room < n_rem and self.affordable(eng, step, n_rem, 2 * (batch + room + 1), batch):
+            room += 1
+        return room // steps_left
+
 
 def _lazy_front(eng: _Engine, dist: torch.Tensor, selected: list[int], remaining: list[int], step: int,
                 st: _LazyState, f_sel: float, eff_sel: float) -> tuple[int, dict[str, float], float | None]:
@@ -376,9 +387,15 @@ def _lazy_front(eng: _Engine, dist: torch.Tensor, selected: list[int], remaining
     periodic = step % int(cfg.lazy_refresh) == 0
     bsz = int(cfg.lazy_batch)
     stale_refresh = st.refresh_next
+    first = bsz
     if stale_refresh and not periodic and not st.affordable(eng, step, len(remaining), 2 * len(remaining), bsz):
         stale_refresh = False
         st.skipped_for_budget += 1
+        # What the budget still allows goes to the candidates with the highest stale bounds (a partial refresh).
+        while first < len(remaining) and st.affordable(eng, step, len(remaining), 2 * (first + 1), bsz):
+            first += 1
+    elif not periodic and cache and len(remaining) > bsz:
+        first = bsz + st.spread(eng, step, len(remaining), bsz)
     full = periodic or stale_refresh or len(remaining) <= bsz or not cache
     if full and cache:
         st.refreshes += 1
@@ -397,7 +414,7 @@ def _lazy_front(eng: _Engine, dist: torch.Tensor, selected: list[int], remaining
         bound = torch.tensor([cache[a][0] for a in remaining], dtype=torch.float64, device=dev) + eff_gain
         # Descending bound, ties → smallest id (remaining is ascending and the sort is stable).
         order = torch.argsort(-bound, stable=True).tolist()
-        batches = [order[i:i + bsz] for i in range(0, len(order), bsz)]
+        batches = [order[:first]] + [order[i:i + bsz] for i in range(first, len(order), bsz)]
         bound_l = bound.tolist()
     best_pos, best_val, best_terms, best_pp = -1, -math.inf, None, None
     done = 0
