@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from xaiclip_cli.explain.smdl.pipeline import bgr_at_size
 from xaiclip_cli.metrics import sanity as S
 from xaiclip_cli.resources import resource_dir
 
@@ -38,7 +39,7 @@ def test_trained_rank_map_is_the_pipeline_order(setup) -> None:  # noqa: ANN001
     targets = am.best_targets(TEXTS)
     maps = am.maps(TEXTS, targets)
     for img, t, m in zip(images, targets, maps, strict=True):
-        labels, res = attribute_image(am.scorer(TEXTS), backend, S.model_bgr(img, 64), t,
+        labels, res = attribute_image(am.scorer(TEXTS), backend, bgr_at_size(img, 64), t,
                                       {"mode": "grid", "grid": 4}, SPEC.config())
         assert labels.shape == m.shape == (64, 64) and len(res.order) == 16
         for i, region in enumerate(res.order.tolist()):  # order holds label ids here; grid ids are 0..15
@@ -72,7 +73,7 @@ def test_cascading_image_tower_seeded_and_changes(setup) -> None:  # noqa: ANN00
     # By hand: 16 equal cells with distinct ranks, so ρ = 1 − 6·Σd²/(n(n²−1)) over the cells, n = 16.
     cells = [[m[i][::16, ::16].ravel() for m in (maps[0], maps[-1])] for i in range(2)]
     d2 = [float(((a - b) ** 2).sum()) for a, b in cells]
-    assert d2 == [412.0, 780.0]  # measured once (toycells test 0/1, seed 0); the ranks moved this much
+    assert d2 == [528.0, 582.0]  # measured once (toycells test 0/1, seed 0, lazy search); the ranks moved this much
     np.testing.assert_allclose(sims["spearman"][:, -1], [1 - 6 * v / (16 * 255) for v in d2], atol=1e-12)
     assert torch.equal(backend.model.image_proj.weight, snap.state["image_proj.weight"])  # weights restored
     # Same seed: the same curve (the top two steps); another seed: another curve.
@@ -91,9 +92,9 @@ def test_cascading_image_tower_seeded_and_changes(setup) -> None:  # noqa: ANN00
 def test_model_bgr_and_spec_records() -> None:
     rgb = np.zeros((8, 8, 3), np.uint8)
     rgb[..., 0] = 200  # red
-    bgr = S.model_bgr(rgb, 8)
+    bgr = bgr_at_size(rgb, 8)
     assert bgr[0, 0].tolist() == [0, 0, 200]
-    assert S.model_bgr(np.full((4, 4, 1), 9, np.uint8), 8).shape == (8, 8, 3)
+    assert bgr_at_size(np.full((4, 4, 1), 9, np.uint8), 8).shape == (8, 8, 3)
     rec = S.AttribSpec(division="slico", region_size="auto").record(224)
     assert rec["division"] == "slico" and rec["region_size"] == 30 and rec["search"] == "lazy"
     assert S.AttribSpec().record(64)["grid"] == 5

@@ -404,20 +404,6 @@ def item_paths(out: Path, target_folder: str, rel_stem: str) -> dict[str, Path]:
             "done": base.with_name(base.name + ".done")}
 
 
-def _bgr_from_array(rgb: np.ndarray, size: int) -> np.ndarray:
-    import cv2
-
-    a = np.asarray(rgb)
-    if a.dtype != np.uint8:
-        raise XaiclipError(f"dataset image has dtype {a.dtype}, expected uint8")
-    if a.ndim == 2 or a.shape[2] == 1:
-        a = np.repeat(a.reshape(a.shape[0], a.shape[1], 1), 3, axis=2)
-    bgr = np.ascontiguousarray(a[:, :, 2::-1])
-    if bgr.shape[:2] != (size, size):
-        bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_LINEAR)
-    return bgr
-
-
 def prior_path(prior_dir: Path, target_folder: str, rel_stem: str) -> Path | None:
     """The prior map of an item: <dir>/<target>/<rel-stem>.npy (attrib baseline layout), else <dir>/<rel-stem>.npy."""
     for p in (prior_dir / target_folder / f"{rel_stem}.npy", prior_dir / f"{rel_stem}.npy"):
@@ -511,7 +497,9 @@ class JobState:
             from xaiclip_cli.data.refs import open_source
 
             self.source = open_source(self.s.dataset, intensity=self.s.intensity)  # type: ignore[arg-type]
-        return _bgr_from_array(self.source.get(self.s.split, int(e.dataset_index)).image, size)  # type: ignore[arg-type]
+        from xaiclip_cli.explain.smdl.pipeline import bgr_at_size
+
+        return bgr_at_size(self.source.get(self.s.split, int(e.dataset_index)).image, size)  # type: ignore[arg-type]
 
 
 def build_state(s: AttribSettings, source: Any = None) -> JobState:
@@ -842,8 +830,9 @@ def _image_for(side: dict[str, Any], doc: dict[str, Any]) -> np.ndarray:
         return read_image_bgr(side["path"], size)
     if src.get("dataset") is not None:
         from xaiclip_cli.data.refs import open_source
+        from xaiclip_cli.explain.smdl.pipeline import bgr_at_size
 
-        return _bgr_from_array(open_source(src["dataset"]).get(src["split"], int(src["index"])).image, size)
+        return bgr_at_size(open_source(src["dataset"]).get(src["split"], int(src["index"])).image, size)
     raise XaiclipError(f"{side.get('key')}: its image {side.get('path')} is no longer there")
 
 

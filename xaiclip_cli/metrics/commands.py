@@ -523,16 +523,15 @@ class _ModelRun:
             self.log.write_text(json.dumps({"settings": guard}, default=str) + "\n", encoding="utf-8")
         self.backend = _load_backend(s)
         self.scorers: dict[tuple[str, ...], Any] = {}
-        self.model = {k: v for k, v in (self.backend.provenance() or {}).items()
-                      if k in ("backend", "model_id", "model_revision", "sha256")}
+        from xaiclip_cli.metrics.scoring import model_record
+
+        self.model = model_record(self.backend)
 
     def scorer(self, prompts: list[str]) -> Any:
-        from xaiclip_cli.metrics.scoring import TargetScorer
+        """The target scorer of one text set."""
+        from xaiclip_cli.metrics.scoring import cached_scorer
 
-        key = tuple(prompts)
-        if key not in self.scorers:
-            self.scorers[key] = TargetScorer(self.backend, prompts, self.s.score)
-        return self.scorers[key]
+        return cached_scorer(self.scorers, self.backend, prompts, self.s.score)
 
     def record(self, row: dict[str, Any], **arrays: Any) -> None:
         import json

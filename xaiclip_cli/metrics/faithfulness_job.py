@@ -200,17 +200,15 @@ class FaithState:
         from xaiclip_cli.metrics.commands import _load_backend
 
         self.backend = _load_backend(self.s, device)
-        self.model = {k: v for k, v in (self.backend.provenance() or {}).items()
-                      if k in ("backend", "model_id", "model_revision", "sha256")}
+        from xaiclip_cli.metrics.scoring import model_record
+
+        self.model = model_record(self.backend)
 
     def scorer(self, prompts: list[str]) -> Any:
         """The target scorer of one text set (texts encoded once per process)."""
-        from xaiclip_cli.metrics.scoring import TargetScorer
+        from xaiclip_cli.metrics.scoring import cached_scorer
 
-        key = tuple(prompts)
-        if key not in self.scorers:
-            self.scorers[key] = TargetScorer(self.backend, prompts, self.s.score)
-        return self.scorers[key]
+        return cached_scorer(self.scorers, self.backend, prompts, self.s.score)
 
 
 def build_state(s: Any, warn: Callable[[str], None] | None = None) -> FaithState:

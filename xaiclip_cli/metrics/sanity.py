@@ -258,21 +258,6 @@ class AttribSpec:
                 "map": "rank map: region at position i of k gets k - i (metrics.md §3), at the model input size"}
 
 
-def model_bgr(image: np.ndarray, size: int) -> np.ndarray:
-    """An RGB (or grey) uint8 image as the S×S BGR uint8 array SMDL divides (bilinear resize, as `attrib run`)."""
-    import cv2
-
-    a = np.asarray(image)
-    if a.dtype != np.uint8:
-        raise ValueError(f"image has dtype {a.dtype}, expected uint8")
-    if a.ndim == 2 or a.shape[2] == 1:
-        a = np.repeat(a.reshape(a.shape[0], a.shape[1], 1), 3, axis=2)
-    bgr = np.ascontiguousarray(a[:, :, 2::-1])
-    if bgr.shape[:2] != (size, size):
-        bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_LINEAR)
-    return bgr
-
-
 class AttribMaps:
     """SMDL attributions of fixed images as rank maps, recomputed on the backend's current weights at every call.
 
@@ -284,6 +269,7 @@ class AttribMaps:
         import torch
 
         from xaiclip_cli.explain.smdl import divide, elements, prepare
+        from xaiclip_cli.explain.smdl.pipeline import bgr_at_size
 
         self.backend, self.spec = backend, spec
         self.size = int(backend.image_size)
@@ -298,7 +284,7 @@ class AttribMaps:
             raise UsageError(f"--attrib-region-size {div['region_size']} does not fit a {self.size}px input: SMDL "
                              f"needs at least 2 regions (use at most {self.size // 2})")
         for im in images:
-            bgr = model_bgr(im, self.size)
+            bgr = bgr_at_size(im, self.size)
             labels = divide(bgr, spec.division, **div)
             _ids, masks = elements(labels)
             x, b = prepare(backend, bgr, fill=spec.fill)

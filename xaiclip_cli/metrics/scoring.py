@@ -179,3 +179,17 @@ def resolve_target(rule: str, item: Any, names: Sequence[str], scores_full: np.n
     if t == "all":
         raise UsageError("--target all is not supported by eval (one target per map)")
     return int(t)
+
+
+def model_record(backend: Any) -> dict[str, Any]:
+    """The model fields every model-based eval.json records (backend, id, revision, weights hash)."""
+    return {k: v for k, v in (backend.provenance() or {}).items()
+            if k in ("backend", "model_id", "model_revision", "sha256")}
+
+
+def cached_scorer(cache: dict[tuple[str, ...], Any], backend: Any, prompts: Sequence[str], score: str) -> Any:
+    """The TargetScorer of one text set, built once per process (its texts are encoded once)."""
+    key = tuple(prompts)
+    if key not in cache:
+        cache[key] = TargetScorer(backend, list(prompts), score)
+    return cache[key]

@@ -16,6 +16,21 @@ from xaiclip_cli.explain.smdl.search import SmdlConfig, SmdlResult, attribute
 FILLS = ("black", "mean", "blur")
 
 
+def bgr_at_size(image: np.ndarray, size: int) -> np.ndarray:
+    """An RGB (or grey) uint8 array as the S×S BGR uint8 image SMDL divides (bilinear resize, as `attrib run`)."""
+    import cv2
+
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        raise XaiclipError(f"image has dtype {a.dtype}, expected uint8")
+    if a.ndim == 2 or a.shape[2] == 1:
+        a = np.repeat(a.reshape(a.shape[0], a.shape[1], 1), 3, axis=2)
+    bgr = np.ascontiguousarray(a[:, :, 2::-1])
+    if bgr.shape[:2] != (size, size):
+        bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_LINEAR)
+    return bgr
+
+
 def read_image_bgr(path: str | Path, size: int, intensity: Any = None) -> np.ndarray:
     """An image file as S×S BGR uint8: 8-bit files through cv2.imdecode(np.fromfile) with IMREAD_COLOR (the reference's
     decoder; non-ASCII paths ok, grey → 3 ch); deeper files (16-bit, float), DICOM and anything else cv2 cannot read
