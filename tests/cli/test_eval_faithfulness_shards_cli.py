@@ -16,13 +16,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.cli.eval_maps import TEXTS, write_rand_maps
 from xaiclip_cli.cli.main import app
 from xaiclip_cli.resources import resource_dir
 
 pytestmark = pytest.mark.skipif(not (resource_dir("toy", "toy-cnn") / "xaiclip_clip.json").is_file(),
                                 reason="shipped toy-cnn model not present")
 REPO = Path(__file__).resolve().parents[2]
-TEXTS = ["a lymphocyte", "a neutrophil", "an eosinophil"]
 BASE = ["eval", "faithfulness", "--backend", "toy", "--model", "toy-cnn", "--device", "cpu", "--threads", "1",
         "--bootstrap", "0"]
 TWO = ["--gpus", "0,1", "--device", "cpu"]  # two CPU worker processes
@@ -35,19 +35,6 @@ def _run(args: list[str], code: int = 0) -> dict:
         return json.loads(r.stdout)
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     return {"stderr": r.stderr}
-
-
-def _maps(d: Path, n: int) -> Path:
-    """Tie-free random 8×8 maps with cam-style sidecars naming toy-cells test images and three texts."""
-    d.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        phi = rng.random((8, 8))
-        np.savez(d / f"test_{i:05d}_rand.npz", raw=phi, map=phi)
-        (d / f"test_{i:05d}_rand.json").write_text(json.dumps({
-            "image": {"dataset": "toycells", "split": "test", "index": i}, "method": "rand",
-            "texts": [{"name": t, "prompt": t} for t in TEXTS], "target_index": i % 3, "target_name": TEXTS[i % 3]}))
-    return d
 
 
 def _records(out: Path) -> int:
@@ -73,7 +60,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_two_cpu_workers_equal_one_process_and_guard_all_logs(tmp_path: Path) -> None:
-    maps = _maps(tmp_path / "maps", 6)
+    maps = write_rand_maps(tmp_path / "maps", 6)
     # steps 4, batch 10: groups of 40 // 10 = 4 maps, so the shards are [0, 4) and [4, 6) (blocks aligned to 4)
     args = [*BASE, "--maps", str(maps), "--steps", "4", "--batch-size", "10"]
     one, two = tmp_path / "one", tmp_path / "two"
@@ -120,7 +107,7 @@ def _kill_after(args: list[str], out: Path, records: int, timeout: float = 240.0
 @pytest.mark.slow
 def test_sigkill_of_two_workers_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     n = 16
-    maps = _maps(tmp_path / "maps", n)
+    maps = write_rand_maps(tmp_path / "maps", n)
     # groups of 256 // 102 = 2 maps (shards [0, 8) and [8, 16)); batches of 64 span the two maps of a group
     args = [*BASE, "--maps", str(maps), "--steps", "50", "--batch-size", "64"]
     ref = tmp_path / "ref"
@@ -177,7 +164,7 @@ def test_unreadable_image_goes_to_failed_jsonl_exit_3_and_rerun_retries_it(tmp_p
 
 
 def test_legacy_progress_jsonl_is_resumed(tmp_path: Path) -> None:
-    maps = _maps(tmp_path / "maps", 3)
+    maps = write_rand_maps(tmp_path / "maps", 3)
     out = tmp_path / "o"
     args = [*BASE, "--maps", str(maps), "--steps", "4", "--output-dir", str(out)]
     _run([*args, "--limit", "2"])
@@ -210,7 +197,7 @@ def test_gpus_without_cuda_exit_2_and_nothing_written(tmp_path: Path, monkeypatc
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    maps = _maps(tmp_path / "maps", 2)
+    maps = write_rand_maps(tmp_path / "maps", 2)
     out = tmp_path / "o"
     r = CliRunner().invoke(app, [*BASE[:6], "--maps", str(maps), "--gpus", "0,1", "--output-dir", str(out)])
     assert r.exit_code == 2, r.output
@@ -220,7 +207,7 @@ def test_gpus_without_cuda_exit_2_and_nothing_written(tmp_path: Path, monkeypatc
 
 @pytest.mark.slow
 def test_torchrun_ranks_as_two_processes_give_one_complete_result(tmp_path: Path) -> None:
-    maps = _maps(tmp_path / "maps", 6)
+    maps = write_rand_maps(tmp_path / "maps", 6)
     args = [*BASE, "--maps", str(maps), "--steps", "4", "--batch-size", "10"]
     ref = tmp_path / "ref"
     _run([*args, "--output-dir", str(ref)])

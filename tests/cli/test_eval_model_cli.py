@@ -11,13 +11,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.cli.eval_maps import TEXTS, write_rand_maps
 from xaiclip_cli.cli.main import app
 from xaiclip_cli.resources import resource_dir
 
 pytestmark = pytest.mark.skipif(not (resource_dir("toy", "toy-cnn") / "xaiclip_clip.json").is_file(),
                                 reason="shipped toy-cnn model not present")
 runner = CliRunner()
-TEXTS = ["a lymphocyte", "a neutrophil", "an eosinophil"]
 BASE = ["--backend", "toy", "--model", "toy-cnn", "--device", "cpu", "--threads", "1"]
 
 
@@ -38,16 +38,7 @@ def _rows(p: Path) -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def maps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tie-free random maps (8×8) with cam-style sidecars naming toy-cells test images and three texts."""
-    d = tmp_path_factory.mktemp("m") / "maps"
-    d.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        phi = rng.random((8, 8))
-        np.savez(d / f"test_{i:05d}_rand.npz", raw=phi, map=phi)
-        (d / f"test_{i:05d}_rand.json").write_text(json.dumps({
-            "image": {"dataset": "toycells", "split": "test", "index": i}, "method": "rand",
-            "texts": [{"name": t, "prompt": t} for t in TEXTS], "target_index": i % 3, "target_name": TEXTS[i % 3]}))
-    return d
+    return write_rand_maps(tmp_path_factory.mktemp("m") / "maps", 3)
 
 
 @pytest.fixture(scope="module")

@@ -580,15 +580,18 @@ class _ModelRun:
         return [self.done[k]["row"] for k in sorted(self.done, key=lambda k: order.get(k, 1 << 30))]
 
 
+def by_text_set(group: list[Any]) -> list[tuple[list[Any], Any, Any]]:
+    """A batch of (item, row, names, scorer, image) split by scorer (text set), in first-seen order:
+    (items, scorer, their unperturbed pixels) each."""
+    by_sc: dict[int, list[Any]] = {}
+    for g in group:
+        by_sc.setdefault(id(g[3]), []).append(g)
+    return [(sub, sub[0][3], sub[0][3].pixels([g[4] for g in sub])) for sub in by_sc.values()]
+
+
 def _scorer_groups(run: _ModelRun, group: list[Any]) -> Any:
     """Split a batch of items by scorer (text set): (items, scorer, unperturbed pixels, target per item) each."""
-    by_sc: dict[int, list[int]] = {}
-    for j, g in enumerate(group):
-        by_sc.setdefault(id(g[3]), []).append(j)
-    for js in by_sc.values():
-        sub = [group[j] for j in js]
-        sc = sub[0][3]
-        x = sc.pixels([g[4] for g in sub])
+    for sub, sc, x in by_text_set(group):
         yield sub, sc, x, _targets(run, sub, x)
 
 

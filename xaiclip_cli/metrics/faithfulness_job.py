@@ -311,13 +311,9 @@ def prepare_group(st: FaithState, idx: list[int]) -> _Group:
             continue
         names, prompts = texts_of(it, s.text)
         group.append((it, row, names, st.scorer(prompts), img))
-    by_sc: dict[int, list[int]] = {}  # one subset per text set, in first-seen order
-    for j, m in enumerate(group):
-        by_sc.setdefault(id(m[3]), []).append(j)
-    for js in by_sc.values():
-        sub = [group[j] for j in js]
-        sc = sub[0][3]
-        x = sc.pixels([m[4] for m in sub])
+    from xaiclip_cli.metrics.commands import by_text_set
+
+    for sub, sc, x in by_text_set(group):  # one subset per text set, in first-seen order
         base = ID.make_baseline(kind, x, mean=sc.mean, std=sc.std, value=value, seed=s.seed)
         keep, ranks, cnts, ns, invalid = [], [], [], [], []
         for j, (it, row, *_rest) in enumerate(sub):

@@ -339,21 +339,21 @@ class _LazyState:
     k: int = 0  # steps of the search (for the budget's projection)
     skipped_for_budget: int = 0  # stale refreshes or extra batches not run because the budget was spent
 
-    def affordable(self, eng: _Engine, step: int, n_rem: int, now: int, batch: int) -> bool:
-        """Whether ``now`` more forwards at this step leave enough budget for the plain schedule of later steps.
+    def slack(self, eng: _Engine, step: int, n_rem: int, batch: int) -> float:
+        """Forwards this step may still spend and leave enough budget for the plain schedule of later steps.
 
         The plain schedule: each later step re-evaluates the top ``batch`` (2 forwards each), and every periodic step
         all remaining candidates; the last region costs nothing (its two images are the full and the fill-only one).
         """
         if self.budget is None:
-            return True
+            return math.inf
         ahead = 0
         for t in range(step + 1, self.k):
             m = n_rem - (t - step)
             if m <= 1:
                 break
             ahead += 2 * (m if t % int(eng.cfg.lazy_refresh) == 0 or m <= batch else batch)
-        return eng.used_forwards() + now + ahead <= self.budget
+        return self.budget - eng.used_forwards() - ahead
 
     def spread(self, eng: _Engine, step: int, n_rem: int, batch: int) -> int:
         """Extra candidates this step may re-evaluate: the budget left over the plain schedule, spread evenly over
@@ -361,9 +361,7 @@ class _LazyState:
         if self.budget is None:
             return 0
         steps_left = max(1, min(self.k, step + n_rem - 1) - step)
-        room = 0
-        while room < n_rem and self.affordable(eng, step, n_rem, 2 * (batch + room + 1), batch):
-            room += 1
+        room = max(0, min(n_rem, int(self.slack(eng, step, n_rem, batch)) // 2 - batch))
         return room // steps_left
 
 
@@ -388,12 +386,12 @@ def _lazy_front(eng: _Engine, dist: torch.Tensor, selected: list[int], remaining
     bsz = int(cfg.lazy_batch)
     stale_refresh = st.refresh_next
     first = bsz
-    if stale_refresh and not periodic and not st.affordable(eng, step, len(remaining), 2 * len(remaining), bsz):
+    slack = st.slack(eng, step, len(remaining), bsz) if stale_refresh and not periodic else math.inf
+    if stale_refresh and not periodic and 2 * len(remaining) > slack:
         stale_refresh = False
         st.skipped_for_budget += 1
         # What the budget still allows goes to the candidates with the highest stale bounds (a partial refresh).
-        while first < len(remaining) and st.affordable(eng, step, len(remaining), 2 * (first + 1), bsz):
-            first += 1
+        first = max(bsz, min(len(remaining), int(slack) // 2))
     elif not periodic and cache and len(remaining) > bsz:
         first = bsz + st.spread(eng, step, len(remaining), bsz)
     full = periodic or stale_refresh or len(remaining) <= bsz or not cache
@@ -439,7 +437,7 @@ def _lazy_front(eng: _Engine, dist: torch.Tensor, selected: list[int], remaining
         rest = max(bound_l[i] for i in order[done:])
         if best_val - f_sel >= rest:
             break
-        if not st.affordable(eng, step, len(remaining), 2 * len(batches[bi + 1]), bsz):
+        if 2 * len(batches[bi + 1]) > st.slack(eng, step, len(remaining), bsz):
             st.skipped_for_budget += 1
             break  # the budget is spent: accept the best fresh gain so far
     if not full and bound_l[order[0]] - (best_val - f_sel) > float(cfg.lazy_stale):
